@@ -1,0 +1,149 @@
+"""The `salt-cache` command line. It parses arguments and calls library functions; no logic
+lives here. A `SaltCacheError` becomes one red line on stderr and exit code 1."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from salt_cache import __version__
+from salt_cache.console import console, progress
+from salt_cache.errors import SaltCacheError
+
+app = typer.Typer(
+    name="salt-cache",
+    help="SALT video self-supervised learning with an offline teacher-latent cache.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def user_errors(fn):
+    """Turn user mistakes into a one-line error and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SaltCacheError as e:
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"salt-cache {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+):
+    """SALT: train a video teacher by pixel reconstruction, cache its latents once, then train a
+    student to predict them at masked positions, with no teacher forward in Stage 2."""
+
+
+@app.command()
+@user_errors
+def shards(
+    src: Path = typer.Argument(..., help="A folder of videos (searched recursively) or a CSV/JSONL manifest with 'path' and optional 'label'."),
+    out: Path = typer.Argument(..., help="Output folder for shard-NNNNNN.tar, index.json, rejected.jsonl."),
+    shard_size: int = typer.Option(100, help="Samples per shard."),
+    workers: int = typer.Option(2, help="Processes probing videos."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty OUT."),
+):
+    """Pack videos into webdataset tar shards (original bytes + probed metadata)."""
+    from salt_cache.shards import write_shards
+
+    with progress("files") as bar:
+        summary = write_shards(src, out, shard_size=shard_size, overwrite=overwrite, workers=workers, progress=bar)
+    table = Table(title=f"shards in {out}")
+    for col in ("shards", "packed", "rejected"):
+        table.add_column(col, justify="right")
+    table.add_row(str(len(summary.shards)), str(summary.packed), str(len(summary.rejected)))
+    console.print(table)
+    if summary.rejected:
+        rej = Table(title="rejected (also in rejected.jsonl)")
+        rej.add_column("path")
+        rej.add_column("reason")
+        for r in summary.rejected[:20]:
+            rej.add_row(r["path"], r["reason"])
+        console.print(rej)
+        if len(summary.rejected) > 20:
+            console.print(f"... and {len(summary.rejected) - 20} more")
+
+
+@app.command("demo-data")
+@user_errors
+def demo_data(
+    out: Path = typer.Argument(..., help="Output folder: train/ and val/ shards, videos/, manifests."),
+    clips: int = typer.Option(320, help="Clips in all (balanced over the four classes)."),
+    size: int = typer.Option(64, help="Frame side in pixels (multiple of 16)."),
+    frames: int = typer.Option(24, help="Frames per video."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives the same videos."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty OUT."),
+):
+    """Write the embedded demo dataset: four classes that differ only by the direction of time."""
+    from salt_cache.demo import make_demo_data
+
+    with progress("clips") as bar:
+        summary = make_demo_data(out, clips=clips, size=size, frames=frames, seed=seed, overwrite=overwrite, progress=bar)
+    table = Table(title=f"demo data in {out}")
+    table.add_column("split")
+    table.add_column("clips", justify="right")
+    table.add_column("shards", justify="right")
+    for split, s in summary["splits"].items():
+        table.add_row(split, str(s["clips"]), str(s["shards"]))
+    console.print(table)
+    console.print("classes: " + ", ".join(summary["classes"]))
+
+
+@app.command("init-model")
+@user_errors
+def init_model(
+    model: str = typer.Option(..., help="Registered size: micro, tiny, small, base, large, huge, giant."),
+    out: Path = typer.Option(..., help="Checkpoint file to write."),
+    patch_size: int = typer.Option(16, help="Spatial patch size."),
+    tubelet_size: int = typer.Option(2, help="Frames per tubelet."),
+    pos_embed: str = typer.Option("rope", help="Position encoding: rope or sincos."),
+    seed: int = typer.Option(0, help="Initialization seed."),
+):
+    """Write a randomly initialized encoder checkpoint (a test teacher or a baseline)."""
+    import torch
+
+    from salt_cache.checkpoint import save_encoder
+    from salt_cache.models import build_encoder, param_count
+
+    try:
+        torch.manual_seed(seed)
+        enc = build_encoder(model, patch_size=patch_size, tubelet_size=tubelet_size, pos_embed=pos_embed)
+    except ValueError as e:
+        raise SaltCacheError(str(e)) from None
+    save_encoder(out, enc, meta={"origin": "init-model", "seed": seed})
+    console.print(f"wrote {out}: {model} encoder, {param_count(enc) / 1e6:.2f} M parameters")
+
+
+@app.command("inspect-video")
+@user_errors
+def inspect_video(file: Path = typer.Argument(..., help="A video file.")):
+    """Print what decord sees in a video: frames, fps, size, duration."""
+    from salt_cache.video import probe_video
+
+    if not file.is_file():
+        raise SaltCacheError(f"{file}: no such file")
+    info = probe_video(file.read_bytes(), key=str(file))
+    table = Table(title=str(file))
+    for col in ("frames", "fps", "height", "width", "duration (s)"):
+        table.add_column(col, justify="right")
+    table.add_row(str(info.frames), f"{info.fps:.3f}", str(info.height), str(info.width), f"{info.duration:.2f}")
+    console.print(table)
+
+

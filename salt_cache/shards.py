@@ -1,0 +1,262 @@
+"""Video shards: pack videos into webdataset tars, resolve shard lists, read samples back.
+
+Each sample is `<key>.<ext>` (the original bytes, untouched) plus `<key>.json` (source path,
+label, frames, fps, height, width as probed with decord). Keys come from the relative path, so
+they are stable across runs and machines.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from salt_cache.errors import DecodeError, SaltCacheError
+from salt_cache.video import VIDEO_EXTENSIONS, VideoInfo, probe_video
+
+SHARD_PATTERN = "shard-{:06d}.tar"
+INDEX_NAME = "index.json"
+REJECTED_NAME = "rejected.jsonl"
+PROBE_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Source:
+    path: Path
+    rel: str
+    label: object = None
+
+
+@dataclass
+class PackSummary:
+    out: Path
+    shards: list[dict] = field(default_factory=list)
+    packed: int = 0
+    rejected: list[dict] = field(default_factory=list)
+
+
+def list_sources(src: Path) -> list[Source]:
+    """A folder (recursive, video extensions) or a CSV / JSONL manifest with `path` and optional
+    `label`. Relative manifest paths are taken from the manifest's folder."""
+    src = Path(src)
+    if not src.exists():
+        raise SaltCacheError(f"{src}: no such file or folder")
+    if src.is_dir():
+        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+        return [Source(p, p.relative_to(src).as_posix()) for p in files]
+    rows = _read_manifest(src)
+    out = []
+    for i, row in enumerate(rows, start=1):
+        if not row.get("path"):
+            raise SaltCacheError(f"{src}: row {i} has no 'path'")
+        p = Path(row["path"])
+        full = p if p.is_absolute() else src.parent / p
+        label = row.get("label")
+        if label in ("", None):
+            label = None
+        elif isinstance(label, str) and re.fullmatch(r"-?\d+", label):
+            label = int(label)
+        out.append(Source(full, p.as_posix().lstrip("/"), label))
+    return out
+
+
+def _read_manifest(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "path" not in reader.fieldnames:
+                raise SaltCacheError(f"{path}: expected a CSV header with a 'path' column")
+            return list(reader)
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        with open(path) as f:
+            for i, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise SaltCacheError(f"{path}: line {i} is not JSON ({e.msg})") from None
+        return rows
+    raise SaltCacheError(f"{path}: expected a folder, a .csv or a .jsonl manifest")
+
+
+def make_keys(rels: list[str]) -> list[str]:
+    """Tar-safe unique keys from relative paths: no dots (webdataset splits keys at the first
+    dot), only [A-Za-z0-9_-]; a collision after cleaning gets a short hash of the full path."""
+    keys, seen = [], set()
+    for rel in rels:
+        stem = rel.rsplit(".", 1)[0] if "." in Path(rel).name else rel
+        key = re.sub(r"[^A-Za-z0-9_-]", "_", stem.replace("/", "__")) or "clip"
+        if key in seen:
+            key = f"{key}-{hashlib.sha1(rel.encode()).hexdigest()[:8]}"
+        seen.add(key)
+        keys.append(key)
+    return keys
+
+
+def _probe_file(path: str) -> tuple[bytes, VideoInfo]:
+    data = Path(path).read_bytes()
+    return data, probe_video(data, key=path)
+
+
+def _probe_all(sources: list[Source], workers: int, timeout: float) -> Iterator[tuple[Source, object]]:
+    """Yield (source, (bytes, info) or reason) in input order. Each probe runs in a separate
+    process with a time bound, so a decoder that hangs or crashes costs one file, not the run."""
+    from pebble import ProcessPool
+
+    with ProcessPool(max_workers=max(1, workers)) as pool:
+        futures = [pool.schedule(_probe_file, args=(str(s.path),), timeout=timeout) for s in sources]
+        for s, fut in zip(sources, futures):
+            try:
+                yield s, fut.result()
+            except DecodeError as e:
+                yield s, e.reason
+            except FutureTimeout:
+                yield s, f"probe timed out after {timeout:.0f} s"
+            except OSError as e:
+                yield s, f"cannot read ({e.strerror or e})"
+            except Exception as e:  # a worker killed by a crashing decoder lands here
+                yield s, f"probe failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+
+
+def write_shards(src: Path, out: Path, shard_size: int = 100, overwrite: bool = False,
+                 workers: int = 2, timeout: float = PROBE_TIMEOUT_S, progress=None) -> PackSummary:
+    """Pack the videos of `src` into `out/shard-NNNNNN.tar` with `out/index.json`.
+
+    Undecodable files are listed in `out/rejected.jsonl` (path and reason) and not packed."""
+    import webdataset as wds
+
+    if shard_size < 1:
+        raise SaltCacheError(f"--shard-size: expected >= 1, got {shard_size}")
+    out = Path(out)
+    sources = list_sources(Path(src))
+    if not sources:
+        raise SaltCacheError(f"{src}: no videos found (extensions {', '.join(VIDEO_EXTENSIONS)})")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise SaltCacheError(f"{out}: folder is not empty (pass --overwrite to replace it)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = make_keys([s.rel for s in sources])
+    key_of = {id(s): k for s, k in zip(sources, keys)}
+    summary = PackSummary(out=out)
+    writer, count, tmp = None, 0, None
+
+    def close():
+        nonlocal writer
+        if writer is not None:
+            writer.close()
+            final = out / SHARD_PATTERN.format(len(summary.shards))
+            os.replace(tmp, final)
+            summary.shards.append({"name": final.name, "samples": count})
+            writer = None
+
+    task = progress.add_task("probing + packing", total=len(sources)) if progress else None
+    for source, result in _probe_all(sources, workers, timeout):
+        if progress:
+            progress.advance(task)
+        if isinstance(result, str):
+            summary.rejected.append({"path": str(source.path), "reason": result})
+            continue
+        data, info = result
+        if writer is None:
+            tmp = out / (SHARD_PATTERN.format(len(summary.shards)) + ".partial")
+            writer, count = wds.TarWriter(str(tmp)), 0
+        meta = {"source": source.rel, "frames": info.frames, "fps": info.fps,
+                "height": info.height, "width": info.width}
+        if source.label is not None:
+            meta["label"] = source.label
+        ext = source.path.suffix.lower().lstrip(".")
+        writer.write({"__key__": key_of[id(source)], ext: data, "json": meta})
+        count += 1
+        summary.packed += 1
+        if count >= shard_size:
+            close()
+    close()
+    with open(out / REJECTED_NAME, "w") as f:
+        for r in summary.rejected:
+            f.write(json.dumps(r) + "\n")
+    index = {"shards": summary.shards, "samples": summary.packed, "rejected": len(summary.rejected)}
+    (out / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    return summary
+
+
+def resolve_shards(spec) -> list[Path]:
+    """SHARDS as a folder (its index.json, else shard-*.tar), a brace pattern, a comma list, or a
+    list of any of these -> existing tar paths, in a stable order."""
+    from braceexpand import braceexpand
+
+    items = spec if isinstance(spec, (list, tuple)) else [spec]
+    paths: list[Path] = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            p = Path(part)
+            if p.is_dir():
+                index = p / INDEX_NAME
+                if index.exists():
+                    names = [s["name"] for s in json.loads(index.read_text())["shards"]]
+                    found = [p / n for n in names]
+                else:
+                    found = sorted(p.glob("*.tar"))
+                if not found:
+                    raise SaltCacheError(f"{p}: no .tar shards in this folder")
+                paths.extend(found)
+            else:
+                for q in braceexpand(part):
+                    paths.append(Path(q))
+    if not paths:
+        raise SaltCacheError(f"no shards given ({spec!r})")
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise SaltCacheError(f"{missing[0]}: shard file not found")
+    if len(set(paths)) != len(paths):
+        raise SaltCacheError("the same shard is listed twice")
+    return paths
+
+
+def video_of(sample: dict) -> tuple[str, bytes]:
+    """The (extension, bytes) of the video member of a webdataset sample."""
+    for ext in VIDEO_EXTENSIONS:
+        if ext[1:] in sample:
+            return ext[1:], sample[ext[1:]]
+    raise SaltCacheError(f"{sample.get('__key__')}: sample has no video member")
+
+
+def iter_shard(path: Path) -> Iterator[tuple[str, bytes, dict]]:
+    """(key, video bytes, metadata) for every sample of one shard, in tar order."""
+    import webdataset as wds
+
+    pipeline = wds.DataPipeline(wds.SimpleShardList([str(path)]), wds.tarfile_to_samples())
+    try:
+        for sample in pipeline:
+            meta = json.loads(sample["json"]) if "json" in sample else {}
+            yield sample["__key__"], video_of(sample)[1], meta
+    except (OSError, ValueError) as e:
+        raise SaltCacheError(f"{path}: unreadable shard ({e})") from None
+
+
+def shard_keys(path: Path) -> list[str]:
+    """Keys of one shard, from the tar headers only (no video bytes are read)."""
+    import tarfile
+
+    keys = []
+    try:
+        with tarfile.open(path) as tf:
+            for m in tf:
+                name = Path(m.name).name
+                if name.endswith(".json"):
+                    keys.append(str(Path(m.name).parent / name[: -len(".json")]).removeprefix("./"))
+    except (tarfile.TarError, OSError) as e:
+        raise SaltCacheError(f"{path}: unreadable shard ({e})") from None
+    return keys
