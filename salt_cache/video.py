@@ -91,21 +91,21 @@ class ClipSpec:
     def __post_init__(self) -> None:
         problems = []
         if self.frames < 1:
-            problems.append(f"clip.frames: expected >= 1, got {self.frames}")
+            problems.append(f"frames: expected >= 1, got {self.frames}")
         if (self.frame_step is None) == (self.fps is None):
-            problems.append("clip: give exactly one of frame_step and fps")
+            problems.append("frame_step: give exactly one of frame_step and fps")
         if self.frame_step is not None and self.frame_step < 1:
-            problems.append(f"clip.frame_step: expected >= 1, got {self.frame_step}")
+            problems.append(f"frame_step: expected >= 1, got {self.frame_step}")
         if self.fps is not None and self.fps <= 0:
-            problems.append(f"clip.fps: expected > 0, got {self.fps}")
+            problems.append(f"fps: expected > 0, got {self.fps}")
         if self.size < 1:
-            problems.append(f"clip.size: expected >= 1, got {self.size}")
+            problems.append(f"size: expected >= 1, got {self.size}")
         if self.crop not in ("center", "random-resized"):
-            problems.append(f"clip.crop: expected 'center' or 'random-resized', got {self.crop!r}")
+            problems.append(f"crop: expected 'center' or 'random-resized', got {self.crop!r}")
         for name in ("scale", "ratio"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
-                problems.append(f"clip.{name}: expected 0 < min <= max, got [{lo}, {hi}]")
+                problems.append(f"{name}: expected 0 < min <= max, got [{lo}, {hi}]")
         if problems:
             raise SaltCacheError("; ".join(problems))
 
