@@ -1,0 +1,130 @@
+"""Cache specs: how clips are sampled for the teacher and how its latents are stored.
+
+A spec is a YAML file in `cache_specs/` (or anywhere), loaded into a typed, validated
+`CacheSpec`. Errors name the file and the dotted field, e.g. `cache_specs/demo.yaml:
+storage.dtyp: unknown field (expected one of: dtype, codec, level, rows_per_shard)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from salt_cache.config import apply_overrides, from_dict, load_yaml
+from salt_cache.errors import SaltCacheError
+from salt_cache.video import ClipSpec
+
+# blosc's clevel is 0..9; zstd's own levels run 1..22 (negative "fast" levels are not offered)
+LEVEL_RANGE = {"blosc-zstd": (0, 9), "zstd": (1, 22), "none": (0, 22)}
+
+
+def specs_dir() -> Path:
+    """The repository's `cache_specs/` folder (next to the `salt_cache` package)."""
+    import salt_cache
+
+    return Path(salt_cache.__file__).resolve().parents[1] / "cache_specs"
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """How latents are stored. dtype: float16 (default), bfloat16 (kept as uint16 bits), float32;
+    codec: blosc-zstd (Blosc with zstd and byte shuffle), zstd, or none; level: compression
+    level; rows_per_shard: rows per Zarr shard file (each shard is written whole, in one call)."""
+
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    codec: Literal["blosc-zstd", "zstd", "none"] = "blosc-zstd"
+    level: int = 3
+    rows_per_shard: int = 64
+
+    def __post_init__(self) -> None:
+        lo, hi = LEVEL_RANGE[self.codec]
+        if not lo <= self.level <= hi:
+            raise SaltCacheError(f"level: expected {lo}..{hi} for codec {self.codec}, got {self.level}")
+        if self.rows_per_shard < 1:
+            raise SaltCacheError(f"rows_per_shard: expected >= 1, got {self.rows_per_shard}")
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """A named cache recipe: the clip sampling (frames, step or fps, size, crop policy and
+    ranges), views per clip, the view-planning seed, the tokenization the teacher must use
+    (patch and tubelet size) and the storage.
+
+    `grid` is the token grid (T', H', W') = (frames / tubelet, size / patch, size / patch);
+    `tokens` is its product. Tokens are ordered (t, h, w) row-major."""
+
+    name: str
+    clip: ClipSpec = field(default_factory=ClipSpec)
+    views: int = 1
+    seed: int = 0
+    patch_size: int = 16
+    tubelet_size: int = 2
+    storage: StorageSpec = field(default_factory=StorageSpec)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.name or not self.name.strip():
+            problems.append("name: expected a non-empty name")
+        if self.views < 1:
+            problems.append(f"views: expected >= 1, got {self.views}")
+        if self.patch_size < 1:
+            problems.append(f"patch_size: expected >= 1, got {self.patch_size}")
+        if self.tubelet_size < 1:
+            problems.append(f"tubelet_size: expected >= 1, got {self.tubelet_size}")
+        if not problems:
+            if self.clip.size % self.patch_size:
+                problems.append(f"clip.size: {self.clip.size} px is not divisible by patch_size {self.patch_size}")
+            if self.clip.frames % self.tubelet_size:
+                problems.append(f"clip.frames: {self.clip.frames} is not divisible by tubelet_size {self.tubelet_size}")
+        if problems:
+            raise SaltCacheError("; ".join(problems))
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        side = self.clip.size // self.patch_size
+        return (self.clip.frames // self.tubelet_size, side, side)
+
+    @property
+    def tokens(self) -> int:
+        t, h, w = self.grid
+        return t * h * w
+
+    def to_dict(self) -> dict:
+        from salt_cache.config import to_dict
+
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "") -> "CacheSpec":
+        return from_dict(cls, data, source=source)
+
+
+def resolve_spec_path(path_or_name: str | Path) -> Path:
+    """A spec file path, or a bare name (`demo`, `vitl-16x224`) looked up in `cache_specs/`."""
+    p = Path(path_or_name)
+    if p.is_file():
+        return p
+    name = str(path_or_name)
+    if "/" not in name and "\\" not in name:
+        candidate = specs_dir() / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+        if candidate.is_file():
+            return candidate
+        known = ", ".join(list_specs()) or "none"
+        raise SaltCacheError(f"spec {name!r}: no such file, and no {candidate.name} in {specs_dir()} (known: {known})")
+    raise SaltCacheError(f"{p}: spec file not found")
+
+
+def load_spec(path_or_name: str | Path, overrides: list[str] | None = None) -> CacheSpec:
+    """YAML spec (a path or a bare name in `cache_specs/`) + optional 'a.b=value' overrides ->
+    validated `CacheSpec`. A spec without `name` takes the file's stem."""
+    path = resolve_spec_path(path_or_name)
+    data = apply_overrides(load_yaml(path), overrides or [])
+    data.setdefault("name", path.stem)
+    return from_dict(CacheSpec, data, source=str(path))
+
+
+def list_specs() -> list[str]:
+    """Names of the specs shipped in `cache_specs/`."""
+    d = specs_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
