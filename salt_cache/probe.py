@@ -331,3 +331,297 @@ def per_class_accuracy(pred: np.ndarray, target: np.ndarray, names: list) -> dic
         if mask.any():
             out[str(name)] = {"accuracy": float((pred[mask] == c).mean()), "count": int(mask.sum())}
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Frozen features through the cache machinery
+
+
+class CachedTokens:
+    """Rows of a feature cache read on demand: `[idx]` -> float32 [len(idx), N, D]. Used when a
+    split's features do not fit the memory budget; small splits are loaded whole instead."""
+
+    def __init__(self, reader, refs: list, tokens: int, dim: int):
+        self.reader, self.refs = reader, refs
+        self.shape = (len(refs), tokens, dim)
+        self.ndim = 3
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        idx = idx.tolist() if isinstance(idx, torch.Tensor) else list(idx)
+        return torch.from_numpy(np.stack([np.asarray(self.reader.read(self.refs[i]), dtype=np.float32) for i in idx]))
+
+
+def shard_labels(path: Path) -> dict[str, object]:
+    """{clip key: label or None} from the JSON members of one shard (no video bytes are read),
+    so a split without labels fails before any encoder forward."""
+    out = {}
+    try:
+        with tarfile.open(path) as tf:
+            for m in tf:
+                name = Path(m.name).name
+                if not name.endswith(".json"):
+                    continue
+                key = str(Path(m.name).parent / name[: -len(".json")]).removeprefix("./")
+                try:
+                    meta = json.loads(tf.extractfile(m).read())
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    raise SaltCacheError(f"{path}: clip {key}: metadata is not JSON") from None
+                out[key] = meta.get("label") if isinstance(meta, dict) else None
+    except (tarfile.TarError, OSError) as e:
+        raise SaltCacheError(f"{path}: unreadable shard ({e})") from None
+    return out
+
+
+def check_labelled(paths: list[Path], split: str) -> int:
+    """Every clip of every shard must carry a label; the error names the first shard and key.
+    -> the number of clips."""
+    total = 0
+    for p in paths:
+        labels = shard_labels(p)
+        if not labels:
+            raise SaltCacheError(f"{p}: {split} shard holds no clips")
+        missing = [k for k, v in labels.items() if v is None or v == ""]
+        if missing:
+            more = f" (and {len(missing) - 1} more in this shard)" if len(missing) > 1 else ""
+            raise SaltCacheError(f"{p}: {split} clip {missing[0]} has no label{more}; the probe needs labelled clips")
+        total += len(labels)
+    return total
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def probe_spec(spec, encoder_config: dict):
+    """The cache spec the probe encodes with: `spec` (a CacheSpec, a YAML path or a bare name in
+    cache_specs/; None: DEFAULT_SPEC), with patch and tubelet sizes taken from the encoder.
+    -> (CacheSpec, notes: list[str])."""
+    from salt_cache.spec import load_spec
+
+    if spec is None:
+        spec = load_spec(DEFAULT_SPEC)
+    elif isinstance(spec, (str, Path)):
+        spec = load_spec(spec)
+    notes = []
+    patch, tubelet = int(encoder_config["patch_size"]), int(encoder_config["tubelet_size"])
+    clip = spec.clip
+    if clip.size % patch:
+        raise SaltCacheError(f"spec {spec.name}: clip.size {clip.size} is not a multiple of the encoder's patch size {patch} (pass --spec)")
+    if clip.frames % tubelet:
+        raise SaltCacheError(f"spec {spec.name}: clip.frames {clip.frames} is not a multiple of the encoder's tubelet size {tubelet} (pass --spec)")
+    if (spec.patch_size, spec.tubelet_size) != (patch, tubelet):
+        notes.append(f"spec {spec.name}: patch/tubelet {spec.patch_size}/{spec.tubelet_size} set to the encoder's {patch}/{tubelet}")
+        spec = replace(spec, patch_size=patch, tubelet_size=tubelet)
+    if clip.crop != "center":
+        notes.append(f"spec {spec.name}: {clip.crop} crops, not center crops: each of the {spec.views} views is a random crop")
+    return spec, notes
+
+
+def encode_split(encoder_ckpt: Path, paths: list[Path], spec, cache_dir: Path, batch_size: int = 8,
+                 workers: int = 2, device: str = "cpu", progress=None) -> dict:
+    """Encode every clip x view of `paths` once into a feature cache at `cache_dir` (a re-run
+    finds the stores complete and encodes nothing). -> the build summary as a dict."""
+    from salt_cache.cache import build_cache
+
+    summary = build_cache(Path(encoder_ckpt), paths, spec, Path(cache_dir), batch_size=batch_size,
+                          workers=workers, device=device, progress=progress)
+    return to_dict(summary) if hasattr(summary, "__dataclass_fields__") else dict(summary or {})
+
+
+def load_split(cache_dir: Path, split: str) -> tuple[list[str], list, list, object]:
+    """Rows of a feature cache -> (clip keys, refs per clip, raw labels per clip, reader)."""
+    from salt_cache.cache import CacheReader
+
+    reader = CacheReader(Path(cache_dir))
+    keys, refs, labels = [], [], []
+    for key in reader.keys():
+        rows = list(reader.rows(key))
+        if not rows:
+            continue  # a clip that failed to decode has no usable row; counted by the caller
+        label = reader.meta(key).get("label")
+        if label is None or label == "":
+            raise SaltCacheError(f"{cache_dir}: {split} clip {key} has no label; the probe needs labelled clips")
+        keys.append(key)
+        refs.append(rows)
+        labels.append(label)
+    return keys, refs, labels, reader
+
+
+def class_index(train_labels: list, val_labels: list) -> tuple[list, dict, str | None]:
+    """Raw labels -> (class list, {raw label: index}, note). Integer labels keep their order;
+    any string label makes all labels names, mapped in sorted order (and the note says so)."""
+    raw = list(train_labels) + list(val_labels)
+    bad = [v for v in raw if isinstance(v, bool) or not isinstance(v, (int, str))]
+    if bad:
+        raise SaltCacheError(f"labels: expected integers or class names, got {bad[0]!r}")
+    note = None
+    if any(isinstance(v, str) for v in raw):
+        classes = sorted({str(v) for v in raw})
+        note = f"labels are names: mapped the {len(classes)} sorted names to classes 0..{len(classes) - 1}"
+        return classes, {v: classes.index(str(v)) for v in set(raw)}, note
+    classes = sorted(set(raw))
+    return classes, {v: i for i, v in enumerate(classes)}, note
+
+
+def build_features(keys: list[str], refs: list[list], labels: list, reader, index: dict,
+                   max_bytes: float) -> FeatureSet:
+    """One row per clip x view; `groups` ties the views of a clip together for evaluation."""
+    flat, y, groups = [], [], []
+    for g, (rows, label) in enumerate(zip(refs, labels)):
+        for ref in rows:
+            flat.append(ref)
+            y.append(index[label])
+            groups.append(g)
+    tokens, dim = int(reader.tokens), int(reader.teacher_dim)
+    if len(flat) * tokens * dim * 4 <= max_bytes:
+        data = torch.from_numpy(np.stack([np.asarray(reader.read(r), dtype=np.float32) for r in flat]))
+    else:
+        data = CachedTokens(reader, flat, tokens, dim)
+    return FeatureSet(data, torch.tensor(y), torch.tensor(groups))
+
+
+def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeConfig | None = None,
+                  epochs: int | None = None, batch_size: int | None = None, lrs=None, wds=None,
+                  depth: int | None = None, device: str = "cpu", workdir: Path | None = None,
+                  out: Path | None = None, encode_batch_size: int = 8, workers: int = 2,
+                  class_names: list[str] | None = None, max_memory_gb: float = 8.0,
+                  progress=None) -> dict:
+    """Frozen evaluation of an encoder checkpoint with an attentive probe.
+
+    encoder_ckpt: an encoder checkpoint (kind "encoder"); train / val: labelled shards (a folder,
+    brace pattern, comma list or list). Features are cached under `workdir` (default: a temporary
+    folder, removed afterwards); `spec` as in `probe_spec`; `epochs`, `batch_size`, `lrs`, `wds`,
+    `depth` override fields of `config`. `class_names[i]` names integer label i in the report.
+    Returns the report (also written as JSON to `out`, a file or a folder): best head's top-1
+    and per-class accuracy, chance, every head's (lr, wd, top-1), feature and timing details."""
+    from salt_cache.checkpoint import file_sha256, load_checkpoint
+    from salt_cache.shards import resolve_shards
+
+    t_start = time.perf_counter()
+    config = config or ProbeConfig()
+    over = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, depth=depth,
+                                   lrs=None if lrs is None else tuple(float(x) for x in lrs),
+                                   wds=None if wds is None else tuple(float(x) for x in wds)).items() if v is not None}
+    if over:
+        config = from_dict(ProbeConfig, {**to_dict(config), **over}, source="probe")
+    encoder_ckpt = Path(encoder_ckpt)
+    ckpt = load_checkpoint(encoder_ckpt, kind="encoder")
+    enc_cfg = ckpt["config"]
+    del ckpt  # only the config is needed here; build_cache loads the weights itself
+    if config.num_heads is None:
+        config = replace(config, num_heads=int(enc_cfg["num_heads"]))
+    spec, notes = probe_spec(spec, enc_cfg)
+    paths = {"train": resolve_shards(train), "val": resolve_shards(val)}
+    shared = {p.resolve() for p in paths["train"]} & {p.resolve() for p in paths["val"]}
+    if shared:
+        raise SaltCacheError(f"{sorted(shared)[0]}: the same shard is in both --train and --val")
+    clip_counts = {split: check_labelled(ps, split) for split, ps in paths.items()}
+
+    sha = file_sha256(encoder_ckpt)
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="salt-probe-")
+        workdir = Path(tmp.name)
+    root = Path(workdir) / f"{sha[:12]}-{_digest(to_dict(spec))[:8]}"
+    try:
+        features, loaded = {}, {}
+        t0 = time.perf_counter()
+        for split, ps in paths.items():
+            cache_dir = root / f"{split}-{_digest([str(p.resolve()) for p in ps])[:8]}"
+            build = encode_split(encoder_ckpt, ps, spec, cache_dir, batch_size=encode_batch_size,
+                                 workers=workers, device=device, progress=progress)
+            keys, refs, labels, reader = load_split(cache_dir, split)
+            n_clips = clip_counts[split]
+            if not keys:
+                raise SaltCacheError(f"{cache_dir}: no {split} clip could be decoded ({n_clips} clips in {len(ps)} shards)")
+            loaded[split] = (keys, refs, labels, reader)
+            features[split] = {"cache": str(cache_dir), "shards": len(ps), "clips": n_clips,
+                               "clips_used": len(keys), "rows": sum(len(r) for r in refs),
+                               "tokens": int(reader.tokens), "dim": int(reader.teacher_dim),
+                               "grid": list(reader.grid), "build": build}
+            if len(keys) < n_clips:
+                notes.append(f"{split}: {n_clips - len(keys)} of {n_clips} clips failed to decode and are left out")
+        t_features = time.perf_counter() - t0
+        classes, index, note = class_index(loaded["train"][2], loaded["val"][2])
+        if note:
+            notes.append(note)
+        data = {s: build_features(*loaded[s], index, max_memory_gb * 2**30) for s in ("train", "val")}
+        t0 = time.perf_counter()
+        run = train_probes(data["train"], data["val"], len(classes), config, device=device, progress=progress)
+        t_train = time.perf_counter() - t0
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    names = [class_names[c] if class_names and isinstance(c, int) and 0 <= c < len(class_names) else c
+             for c in classes]
+    counts = np.bincount(run.targets, minlength=len(classes))
+    best = run.records[run.best]
+    report = {
+        "encoder": {"path": str(encoder_ckpt), "sha256": sha, "config": enc_cfg},
+        "spec": to_dict(spec),
+        "probe": to_dict(config),
+        "features": features,
+        "classes": [str(n) for n in names],
+        "num_classes": len(classes),
+        "chance": 1.0 / len(classes),
+        "majority": float(counts.max() / counts.sum()),
+        "top1": best["top1"],
+        "best": {"head": best["head"], "lr": best["lr"], "wd": best["wd"], "top1": best["top1"],
+                 "val_loss": best["val_loss"],
+                 "per_class": per_class_accuracy(run.predictions, run.targets, names)},
+        "heads": run.records,
+        "notes": notes,
+        "wall_s": {"features": round(t_features, 3), "train": round(t_train, 3),
+                   "total": round(time.perf_counter() - t_start, 3)},
+    }
+    if out is not None:
+        write_report(report, out)
+    return report
+
+
+def write_report(report: dict, out: Path, name: str = "probe.json") -> Path:
+    """Write JSON to `out` (a .json file, or a folder that gets `name`)."""
+    from salt_cache.console import write_json
+
+    out = Path(out)
+    path = out if out.suffix == ".json" else out / name
+    write_json(path, report)
+    return path
+
+
+def print_report(report: dict, console=None) -> None:
+    """The heads grid, the best head's per-class accuracy and the summary, as rich tables."""
+    from rich.table import Table
+
+    from salt_cache.console import console as default_console
+
+    console = console or default_console
+    grid = Table(title="probe heads (val top-1)")
+    for col in ("head", "lr", "wd", "top-1", "val loss", "train loss"):
+        grid.add_column(col, justify="right")
+    for r in report["heads"]:
+        mark = " *" if r["head"] == report["best"]["head"] else ""
+        grid.add_row(f"{r['head']}{mark}", f"{r['lr']:.0e}", f"{r['wd']:g}", f"{100 * r['top1']:.1f}",
+                     f"{r['val_loss']:.3f}", f"{r['train_loss']:.3f}")
+    console.print(grid)
+    per = Table(title="best head: per-class accuracy")
+    per.add_column("class")
+    per.add_column("top-1", justify="right")
+    per.add_column("clips", justify="right")
+    for name, v in report["best"]["per_class"].items():
+        per.add_row(name, f"{100 * v['accuracy']:.1f}", str(v["count"]))
+    console.print(per)
+    best = report["best"]
+    summary = Table(title=f"probe of {Path(report['encoder']['path']).name}")
+    for col in ("top-1", "chance", "best lr", "best wd", "val clips", "features (s)", "train (s)"):
+        summary.add_column(col, justify="right")
+    summary.add_row(f"{100 * best['top1']:.1f}", f"{100 * report['chance']:.1f}", f"{best['lr']:.0e}",
+                    f"{best['wd']:g}", str(report["features"]["val"]["clips_used"]),
+                    f"{report['wall_s']['features']:.1f}", f"{report['wall_s']['train']:.1f}")
+    console.print(summary)
+    for note in report["notes"]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)

@@ -1,0 +1,212 @@
+"""Model selection from the student's training loss (the SALT paper's Figure 3).
+
+Every saved checkpoint of a Stage 2 run is probed on a labelled split; each probe accuracy is
+paired with the student's training loss at that step (the mean over the last `window` log rows
+up to it), and a straight line is fitted to accuracy against loss. A high R^2 means the loss
+alone tells which checkpoint is best, with no downstream evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from salt_cache.errors import SaltCacheError
+
+CHECKPOINT_RE = re.compile(r"^step-(\d+)\.pt$")
+
+
+def read_log(path: Path) -> list[tuple[int, float]]:
+    """A run's log.csv -> [(step, loss)] in file order, rows with an empty or non-finite loss
+    left out. Needs `step` and `loss` columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise SaltCacheError(f"{path}: training log not found")
+    rows = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("step", "loss") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SaltCacheError(f"{path}: no '{missing[0]}' column (columns: {', '.join(reader.fieldnames or [])})")
+        for i, row in enumerate(reader, start=2):
+            try:
+                step, loss = int(float(row["step"])), float(row["loss"])
+            except (TypeError, ValueError):
+                if not (row.get("loss") or "").strip():
+                    continue
+                raise SaltCacheError(f"{path}: line {i}: step {row.get('step')!r} / loss {row.get('loss')!r} are not numbers") from None
+            if math.isfinite(loss):
+                rows.append((step, loss))
+    return rows
+
+
+def loss_at(log: list[tuple[int, float]], step: int, window: int = 20) -> tuple[float, int]:
+    """Mean training loss over the last `window` log rows with step <= `step`.
+    -> (mean loss, rows used); (nan, 0) when no row is that early."""
+    if window < 1:
+        raise SaltCacheError(f"loss window: expected >= 1, got {window}")
+    upto = [loss for s, loss in log if s <= step]
+    if not upto:
+        return float("nan"), 0
+    tail = upto[-window:]
+    return float(np.mean(tail)), len(tail)
+
+
+def linear_fit(x, y) -> dict:
+    """Least-squares line y = slope * x + intercept and its R^2 = 1 - SS_res / SS_tot (for one
+    predictor this equals Pearson's r squared). R^2 is None below 3 points (two points always
+    fit exactly) or when y or x does not vary."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n = len(x)
+    fit = {"n": n, "slope": None, "intercept": None, "r2": None, "pearson_r": None}
+    if n < 2 or np.ptp(x) == 0:
+        return fit
+    slope, intercept = np.polyfit(x, y, 1)
+    fit.update(slope=float(slope), intercept=float(intercept))
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    if n >= 3 and ss_tot > 0:
+        ss_res = float(((y - (slope * x + intercept)) ** 2).sum())
+        fit["r2"] = 1.0 - ss_res / ss_tot
+        fit["pearson_r"] = float(np.corrcoef(x, y)[0, 1])
+    return fit
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """RUN/checkpoints/step-NNNNNNN.pt -> [(step, path)] sorted by step."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        raise SaltCacheError(f"{run_dir}: not a training run (no checkpoints/ folder)")
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name)))
+    if not found:
+        raise SaltCacheError(f"{folder}: no step-NNNNNNN.pt checkpoints")
+    return found
+
+
+def plot_selection(points: list[dict], fit: dict, path: Path, title: str = "") -> Path:
+    """Scatter of probe top-1 against training loss, one point per checkpoint (labelled with its
+    step), with the fitted line and R^2. Written as PNG with the Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.array([p["loss"] for p in points], dtype=float)
+    y = np.array([100 * p["top1"] for p in points], dtype=float)
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    ax.scatter(x, y, color="tab:blue", zorder=3)
+    for p, xi, yi in zip(points, x, y):
+        ax.annotate(str(p["step"]), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if fit["slope"] is not None:
+        xs = np.linspace(x.min(), x.max(), 50)
+        r2 = "n/a" if fit["r2"] is None else f"{fit['r2']:.3f}"
+        ax.plot(xs, 100 * (fit["slope"] * xs + fit["intercept"]), color="tab:red", label=f"linear fit, $R^2$ = {r2}")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel("student training loss")
+    ax.set_ylabel("probe top-1 (%)")
+    ax.set_title(title or "student loss vs. downstream accuracy", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def select_checkpoints(run_dir: Path, train, val, *, spec=None, config=None, epochs: int | None = None,
+                       batch_size: int | None = None, lrs=None, wds=None, depth: int | None = None,
+                       device: str = "cpu", workdir: Path | None = None, out: Path | None = None,
+                       loss_window: int = 20, steps: list[int] | None = None, encode_batch_size: int = 8,
+                       workers: int = 2, progress=None) -> dict:
+    """Probe each checkpoint of a Stage 2 run and relate its accuracy to the training loss.
+
+    run_dir: a run folder (log.csv, checkpoints/step-NNNNNNN.pt); train / val: labelled shards;
+    steps: only these checkpoint steps (default all); the probe arguments are those of
+    `probe_encoder`, the same for every checkpoint. Feature caches and the temporary encoder
+    files live under `workdir` (default: a temporary folder). `out` (a folder) receives
+    selection.json and selection.png. -> {"points": [{step, loss, loss_rows, top1, lr, wd}],
+    "fit": {slope, intercept, r2, pearson_r, n}, "best": best point by top-1, "lowest_loss": ...}."""
+    from salt_cache.checkpoint import save_encoder
+    from salt_cache.probe import probe_encoder
+    from salt_cache.train.runs import load_run_encoder
+
+    run_dir = Path(run_dir)
+    log = read_log(run_dir / "log.csv")
+    ckpts = list_checkpoints(run_dir)
+    if steps is not None:
+        wanted = set(int(s) for s in steps)
+        unknown = sorted(wanted - {s for s, _ in ckpts})
+        if unknown:
+            raise SaltCacheError(f"{run_dir}: no checkpoint for step {unknown[0]} (have {', '.join(str(s) for s, _ in ckpts)})")
+        ckpts = [(s, p) for s, p in ckpts if s in wanted]
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="salt-select-")
+        workdir = Path(tmp.name)
+    workdir = Path(workdir)
+    points, reports = [], []
+    try:
+        for step, path in ckpts:
+            loss, used = loss_at(log, step, loss_window)
+            if used == 0:
+                raise SaltCacheError(f"{run_dir / 'log.csv'}: no logged loss at or before step {step} ({path.name})")
+            encoder, meta = load_run_encoder(path)
+            enc_path = save_encoder(workdir / "encoders" / f"step-{step:07d}.pt", encoder,
+                                    meta={"origin": "select-checkpoints", "run": str(run_dir), "step": step})
+            del encoder
+            report = probe_encoder(enc_path, train, val, spec=spec, config=config, epochs=epochs,
+                                   batch_size=batch_size, lrs=lrs, wds=wds, depth=depth, device=device,
+                                   workdir=workdir / "features", encode_batch_size=encode_batch_size,
+                                   workers=workers, progress=progress)
+            reports.append(report)
+            points.append({"step": step, "checkpoint": str(path), "loss": loss, "loss_rows": used,
+                           "top1": report["top1"], "lr": report["best"]["lr"], "wd": report["best"]["wd"]})
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    fit = linear_fit([p["loss"] for p in points], [p["top1"] for p in points])
+    result = {
+        "run": str(run_dir),
+        "loss_window": loss_window,
+        "points": points,
+        "fit": fit,
+        "best": max(points, key=lambda p: p["top1"]),
+        "lowest_loss": min(points, key=lambda p: p["loss"]),
+        "chance": reports[0]["chance"],
+        "probe": reports[0]["probe"],
+        "spec": reports[0]["spec"],
+    }
+    if out is not None:
+        from salt_cache.console import write_json
+
+        out = Path(out)
+        result["plot"] = str(plot_selection(points, fit, out / "selection.png", title=f"{run_dir.name}: student loss vs. probe top-1"))
+        write_json(out / "selection.json", result)
+    return result
+
+
+def print_selection(result: dict, console=None) -> None:
+    """One row per checkpoint (step, loss, top-1, best head) and the fit, as rich tables."""
+    from rich.table import Table
+
+    from salt_cache.console import console as default_console
+
+    console = console or default_console
+    table = Table(title=f"checkpoints of {result['run']}")
+    for col in ("step", f"loss (last {result['loss_window']} rows)", "top-1", "lr", "wd"):
+        table.add_column(col, justify="right")
+    for p in result["points"]:
+        mark = " *" if p["step"] == result["best"]["step"] else ""
+        table.add_row(f"{p['step']}{mark}", f"{p['loss']:.4f}", f"{100 * p['top1']:.1f}", f"{p['lr']:.0e}", f"{p['wd']:g}")
+    console.print(table)
+    fit = result["fit"]
+    r2 = "n/a (needs 3+ checkpoints and varying accuracy)" if fit["r2"] is None else f"{fit['r2']:.3f}"
+    slope = "n/a" if fit["slope"] is None else f"{100 * fit['slope']:.2f} top-1 points per unit loss"
+    console.print(f"linear fit of top-1 on loss over {fit['n']} checkpoints: R^2 = {r2}, slope {slope}")
+    if result.get("plot"):
+        console.print(f"plot: {result['plot']}")
