@@ -130,6 +130,14 @@ class ProbeHeads(nn.Module):
         return torch.stack([h(x) for h in self.heads])
 
 
+def make_heads(dim: int, num_classes: int, config: "ProbeConfig") -> ProbeHeads:
+    """One probe per (lr, wd) of `config.grid()`, all with the same initial weights: a pure
+    function of `config.seed`."""
+    torch.manual_seed(config.seed)
+    base = AttentiveProbe(dim, num_classes, config.depth, config.num_heads, config.mlp_ratio)
+    return ProbeHeads(base, len(config.grid()))
+
+
 def head_param_groups(heads: ProbeHeads, grid: list[tuple[float, float]]) -> list[dict]:
     """Two AdamW groups per head: decayed weights and undecayed biases / norms (V-JEPA 2's rule:
     no decay on biases and 1-D parameters). `base_lr` drives the schedule."""
@@ -276,9 +284,7 @@ def train_probes(train: FeatureSet, val: FeatureSet, num_classes: int, config: P
         raise SaltCacheError(f"probe: train features are {train.dim} wide but val features {val.dim}")
     device = torch.device(device)
     grid = config.grid()
-    torch.manual_seed(config.seed)
-    base = AttentiveProbe(train.dim, num_classes, config.depth, config.num_heads, config.mlp_ratio)
-    model = ProbeHeads(base, len(grid)).to(device)
+    model = make_heads(train.dim, num_classes, config).to(device)
     opt = torch.optim.AdamW(head_param_groups(model, grid), betas=config.betas)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = steps_per_epoch * config.epochs
