@@ -1,0 +1,317 @@
+"""`build_cache`: encode every view of every clip with a frozen teacher into Zarr stores.
+
+Flow per process: resolve shards -> load and check the teacher -> write or check cache.json ->
+for each of this rank's shards (index % world_size == rank) not already done: clear leftovers,
+decode views in DataLoader workers (in order, overlapping the teacher forward), run the teacher
+(eval, inference mode, bf16 autocast on CUDA) on batches that never cross a store, write the
+store whole under a temporary name, rename it, update the manifest (rank 0).
+
+Batches are formed from a store's rows in row order, so a store's bytes do not depend on the
+worker count, on how many stores were skipped, or on the rank that built it: a resumed or
+distributed build equals an uninterrupted one-process build with the same batch size and device.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from salt_cache.cache.manifest import (
+    CACHE_JSON, compatibility_problem, make_header, read_cache_json, refresh_manifest, write_cache_json,
+)
+from salt_cache.cache.source import ClipDataset, ClipItem, index_shard
+from salt_cache.cache.store import STORES_DIR, StoreWriter, clear_partial, read_done, store_name
+from salt_cache.errors import SaltCacheError
+from salt_cache.spec import CacheSpec, load_spec
+
+# a DataLoader that yields nothing for this long is treated as a hung decoder (decord can hang on
+# files that over-report their frame count); the build stops with an error and can be resumed
+DECODE_TIMEOUT_S = 600.0
+
+
+@dataclass
+class BuildSummary:
+    """What a build did. Totals (clips, rows, ok, failed, bytes) cover every finished store of the
+    cache; `*_built` cover this run. bytes_per_row is on disk; fp32_bytes_per_row = tokens * D * 4."""
+
+    out: str
+    complete: bool
+    stores: int
+    stores_done: int
+    stores_built: int
+    stores_skipped: int
+    partial_cleared: int
+    clips: int
+    rows: int
+    ok: int
+    failed: int
+    failures: list = field(default_factory=list)  # [{store, row, key, view, reason}]
+    bytes: int = 0
+    bytes_per_row: float = 0.0
+    fp32_bytes_per_row: int = 0
+    clips_built: int = 0
+    rows_built: int = 0
+    wall_s: float = 0.0
+    clips_per_s: float = 0.0
+    rank: int = 0
+    world_size: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    created: bool = False
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if self.device.type == "cuda":
+                dist.barrier(device_ids=[self.device.index or 0])
+            else:
+                dist.barrier()
+
+    def sum(self, values: list[int]) -> list[int]:
+        if self.world == 1:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.int64, device=self.device)
+        dist.all_reduce(t)
+        return [int(v) for v in t.tolist()]
+
+    def close(self) -> None:
+        if self.created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _resolve_device(device: str, local_rank: int, world: int) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SaltCacheError(f"--device: expected cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SaltCacheError(f"--device {device}: CUDA is not available on this machine")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
+    elif dev.type != "cpu":
+        raise SaltCacheError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+    return dev
+
+
+def _init_dist(device: str) -> _Dist:
+    """Rank and device from torchrun's environment; joins (or reuses) the process group:
+    gloo on CPU, NCCL on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    dev = _resolve_device(device, local, world)
+    d = _Dist(rank=rank, world=world, local_rank=local, device=dev)
+    if world > 1:
+        import torch.distributed as dist
+
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        if not dist.is_initialized():
+            # ranks can finish their stores hours apart: a long timeout for the final barrier
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(hours=24))
+            d.created = True
+        d.rank, d.world = dist.get_rank(), dist.get_world_size()
+    return d
+
+
+def _check_teacher(spec: CacheSpec, teacher: Path, config: dict) -> None:
+    p, t, c = config.get("patch_size"), config.get("tubelet_size"), config.get("in_chans", 3)
+    if (p, t) != (spec.patch_size, spec.tubelet_size):
+        raise SaltCacheError(
+            f"{teacher}: teacher has patch_size {p} and tubelet_size {t}, but spec {spec.name!r} asks for "
+            f"patch_size {spec.patch_size} and tubelet_size {spec.tubelet_size}")
+    if c != 3:
+        raise SaltCacheError(f"{teacher}: teacher expects {c} input channels, clips have 3")
+
+
+def _prepare_out(out: Path, header: dict) -> dict | None:
+    """The existing cache.json when resuming (checked against `header`), None for a new cache."""
+    if out.exists() and not out.is_dir():
+        raise SaltCacheError(f"{out}: exists and is not a folder")
+    if (out / CACHE_JSON).is_file():
+        existing = read_cache_json(out)
+        why = compatibility_problem(existing, header)
+        if why:
+            raise SaltCacheError(f"{out}: cannot resume: {why}; use a new --out or delete it")
+        return existing
+    if out.is_dir() and any(out.iterdir()):
+        raise SaltCacheError(f"{out}: folder is not empty and holds no {CACHE_JSON}; refusing to build into it")
+    return None
+
+
+def _encode(model, xs: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Frozen teacher forward on a list of clips [C, T, S, S] -> fp32 final-norm tokens [B, N, D] on CPU."""
+    x = torch.stack(xs).to(device, non_blocking=True)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        y = model(x)
+    return y.float().cpu()
+
+
+def build_cache(teacher: Path, data, spec: Path | str | CacheSpec, out: Path, batch_size: int = 8,
+                workers: int = 2, device: str = "cpu", progress=None,
+                overrides: list[str] | None = None) -> BuildSummary:
+    """Encode every view of every clip of `data` (a shard folder, brace pattern, comma list or
+    list) with the encoder checkpoint `teacher` into `out` (a cache folder). Resumes a previous
+    build of the same spec, teacher and data; refuses anything else.
+
+    Under torchrun, rank r builds the stores of shards i with i % world_size == r and rank 0
+    writes the manifest. `progress` is an optional rich Progress (rank 0 only shows it).
+    Returns a BuildSummary (totals over the whole cache on rank 0)."""
+    t0 = time.time()
+    spec = spec if isinstance(spec, CacheSpec) else load_spec(spec, overrides)
+    teacher, out = Path(teacher), Path(out)
+    if batch_size < 1:
+        raise SaltCacheError(f"--batch-size: expected >= 1, got {batch_size}")
+    if workers < 0:
+        raise SaltCacheError(f"--workers: expected >= 0, got {workers}")
+    if not teacher.is_file():
+        raise SaltCacheError(f"{teacher}: teacher checkpoint not found")
+    from salt_cache.checkpoint import file_sha256, load_encoder
+    from salt_cache.shards import resolve_shards
+
+    shards = resolve_shards(data)
+    dist = _init_dist(device)
+    threads = torch.get_num_threads()
+    if dist.device.type == "cpu":
+        # decoding workers need cores too; an oversubscribed OpenMP pool can slow the forward 50x
+        per_proc = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, per_proc - workers))
+    try:
+        model, ckpt = load_encoder(teacher, dist.device)
+        _check_teacher(spec, teacher, ckpt["config"])
+        build_info = {"device": dist.device.type, "autocast": "bfloat16" if dist.device.type == "cuda" else None,
+                      "batch_size": batch_size, "workers": workers, "world_size": dist.world}
+        header = make_header(spec, teacher, file_sha256(teacher), ckpt["config"], ckpt.get("meta", {}),
+                             shards, build_info)
+        existing = _prepare_out(out, header)  # every rank checks, so every rank refuses alike
+        if dist.rank == 0:
+            (out / STORES_DIR).mkdir(parents=True, exist_ok=True)
+            doc = header if existing is None else {**existing, "build": build_info, "versions": header["versions"]}
+            doc.pop("summary", None)
+            refresh_manifest(out, doc)
+        dist.barrier()
+        return _run(model, spec, shards, out, header, batch_size, workers, dist, progress, t0)
+    finally:
+        torch.set_num_threads(threads)
+        dist.close()
+
+
+def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: dict, batch_size: int,
+         workers: int, dist: _Dist, progress, t0: float) -> BuildSummary:
+    root = out / STORES_DIR
+    mine = [i for i in range(len(shards)) if i % dist.world == dist.rank]
+    pending, skipped, cleared = [], 0, 0
+    for i in mine:
+        final = root / store_name(i, shards[i])
+        if read_done(final) is not None:
+            skipped += 1
+            continue
+        cleared += clear_partial(final)
+        pending.append(i)
+    samples = {i: index_shard(shards[i]) for i in pending}
+    items = [ClipItem(store=pos, sample=j, shard=str(shards[i]), tar=s)
+             for pos, i in enumerate(pending) for j, s in enumerate(samples[i])]
+    show = progress if dist.rank == 0 else None
+    task = show.add_task("encoding" + (f" (rank 0 of {dist.world})" if dist.world > 1 else ""),
+                         total=len(items)) if show else None
+
+    views, dim = spec.views, int(header["teacher_dim"])
+    batch: list[tuple[StoreWriter, int, str, int, dict, str, torch.Tensor]] = []
+    doc = read_cache_json(out) if dist.rank == 0 else None
+
+    def flush() -> None:
+        if batch:
+            y = _encode(model, [b[-1] for b in batch], dist.device)
+            for (w, row, key, v, view, meta, _), latents in zip(batch, y):
+                w.put_ok(row, key, v, view, meta, latents)
+            batch.clear()
+
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        ClipDataset(items, spec.clip, views, spec.seed), batch_size=None, shuffle=False,
+        num_workers=workers, prefetch_factor=4 if workers else None, pin_memory=dist.device.type == "cuda",
+        timeout=DECODE_TIMEOUT_S if workers else 0,
+    )
+    it = iter(loader)
+    k, rows_built = 0, 0
+    for pos, i in enumerate(pending):
+        t_store = time.time()
+        attrs = {"shard": shards[i].name, "shard_index": i, "shard_path": str(shards[i].resolve()),
+                 "cache_id": header["cache_id"], "views": views, "grid": list(spec.grid),
+                 "tokens": spec.tokens, "dim": dim, "dtype": spec.storage.dtype}
+        w = StoreWriter(root / store_name(i, shards[i]), len(samples[i]) * views, spec.tokens, dim,
+                        spec.storage, attrs)
+        for _ in samples[i]:
+            item = items[k]
+            k += 1
+            try:
+                res = next(it)
+            except RuntimeError as e:
+                raise SaltCacheError(f"decoding failed near clip {item.tar.key} of {shards[i].name}: "
+                                     f"{str(e).splitlines()[0][:200]} (re-run the same command to resume)") from None
+            for v in range(views):
+                row = item.sample * views + v
+                if res["x"][v] is None:
+                    w.put_failed(row, item.tar.key, v, res["views"][v], res["meta"], res["reasons"][v])
+                else:
+                    batch.append((w, row, item.tar.key, v, res["views"][v], res["meta"], res["x"][v]))
+                    if len(batch) == batch_size:
+                        flush()
+            if show:
+                show.advance(task)
+        flush()  # batches never cross a store: its bytes must not depend on its neighbours
+        w.finish({"seconds": round(time.time() - t_store, 3), "rank": dist.rank,
+                  **{key: header["build"][key] for key in ("device", "autocast", "batch_size")}})
+        rows_built += w.rows
+        if doc is not None:
+            doc = refresh_manifest(out, doc, full=False)
+    del it, loader
+
+    clips_built, rows_all = dist.sum([len(items), rows_built])
+    dist.barrier()
+    doc = refresh_manifest(out, read_cache_json(out)) if dist.rank == 0 else read_cache_json(out)
+    summary = _summarize(out, doc, header, skipped, cleared, len(pending), clips_built, rows_all, dist, t0)
+    if dist.rank == 0:
+        doc["summary"] = summary.to_dict()
+        write_cache_json(out, doc)
+    return summary
+
+
+def _summarize(out: Path, doc: dict, header: dict, skipped: int, cleared: int, built: int,
+               clips_built: int, rows_built: int, dist: _Dist, t0: float) -> BuildSummary:
+    stores = doc.get("stores", {})
+    total = len(doc.get("data", {}).get("shards", []))
+    rows = sum(s["rows"] for s in stores.values())
+    failures = [{"store": name, **f} for name, s in sorted(stores.items()) for f in s.get("failures", [])]
+    nbytes = sum(s["bytes"] for s in stores.values())
+    wall = time.time() - t0
+    return BuildSummary(
+        out=str(out), complete=len(stores) == total, stores=total, stores_done=len(stores),
+        stores_built=built, stores_skipped=skipped, partial_cleared=cleared,
+        clips=sum(s["clips"] for s in stores.values()), rows=rows, ok=sum(s["ok"] for s in stores.values()),
+        failed=sum(s["failed"] for s in stores.values()), failures=failures, bytes=nbytes,
+        bytes_per_row=nbytes / rows if rows else 0.0, fp32_bytes_per_row=header["tokens"] * header["teacher_dim"] * 4,
+        clips_built=clips_built, rows_built=rows_built, wall_s=round(wall, 3),
+        clips_per_s=round(clips_built / wall, 3) if wall > 0 else 0.0, rank=dist.rank, world_size=dist.world,
+    )

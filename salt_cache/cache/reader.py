@@ -1,0 +1,200 @@
+"""`CacheReader`: the read side of a latent cache, for Stage 2, the probe and tools.
+
+Construction reads `cache.json` only, so a reader is cheap to build and to pickle into DataLoader
+workers. Zarr stores are opened lazily in the process that reads them (handles are dropped on
+pickling and after a fork), and the key index (key -> rows) is built on first use from each
+store's small `key`, `status` and `view_index` arrays.
+
+Only the stores listed in the manifest are visible: an interrupted build is usable, with the
+clips of its finished stores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from salt_cache.cache.manifest import read_cache_json
+from salt_cache.cache.store import STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage
+from salt_cache.errors import SaltCacheError
+from salt_cache.spec import CacheSpec
+from salt_cache.video import View
+
+LRU_STORES = 8  # per-store string arrays (views, meta) kept decoded per process
+
+
+@dataclass(frozen=True)
+class RowRef:
+    """One cache row: store folder name, row index in that store, view index within its clip."""
+
+    store: str
+    row: int
+    view_index: int
+
+
+class CacheReader:
+    """Read rows of a latent cache by clip key.
+
+    fingerprint: the cache.json contents; teacher_dim, grid (T', H', W'), tokens, spec; keys()
+    (clips with >= 1 ok row, sorted), rows(key) -> [RowRef] (ok rows), view(ref) -> View,
+    read(ref) -> float32 [tokens, D], meta(key) -> the clip's shard-sample dict, counts()."""
+
+    def __init__(self, cache_dir: Path | str):
+        self.root = Path(cache_dir)
+        self.fingerprint: dict = read_cache_json(self.root)
+        doc = self.fingerprint
+        try:
+            self.spec: CacheSpec = CacheSpec.from_dict(doc["spec"], source=f"{self.root}/cache.json: spec")
+            self.teacher_dim: int = int(doc["teacher_dim"])
+            self.grid: tuple[int, int, int] = tuple(int(g) for g in doc["grid"])
+            self.tokens: int = int(doc["tokens"])
+            self.dtype: str = doc["storage"]["dtype"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise SaltCacheError(f"{self.root}/cache.json: incomplete fingerprint ({type(e).__name__}: {e})") from None
+        self.stores: list[str] = sorted(doc.get("stores", {}))
+        self._index: dict | None = None
+        self._reset_handles()
+
+    # ---- process-local state: never pickled, rebuilt after a fork -------------------------------
+    def _reset_handles(self) -> None:
+        self._pid = os.getpid()
+        self._groups: dict = {}
+        self._strings: OrderedDict = OrderedDict()
+
+    def _local(self) -> None:
+        if self._pid != os.getpid():
+            self._reset_handles()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for k in ("_groups", "_strings", "_pid"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset_handles()
+
+    def _group(self, store: str):
+        self._local()
+        g = self._groups.get(store)
+        if g is None:
+            if store not in self.fingerprint.get("stores", {}):
+                raise SaltCacheError(f"{self.root}: no finished store {store!r} in the manifest")
+            import zarr
+
+            path = self.root / STORES_DIR / store
+            try:
+                grp = zarr.open_group(path, mode="r", zarr_format=3)
+                g = self._groups[store] = {"group": grp, "latents": grp["latents"]}
+            except Exception as e:
+                raise SaltCacheError(f"{path}: cannot open store ({type(e).__name__}: {str(e)[:120]})") from None
+        return g
+
+    def _string_array(self, store: str, name: str) -> np.ndarray:
+        self._local()
+        k = (store, name)
+        if k in self._strings:
+            self._strings.move_to_end(k)
+            return self._strings[k]
+        a = np.asarray(self._group(store)["group"][name][...], dtype=object)
+        self._strings[k] = a
+        while len(self._strings) > 2 * LRU_STORES:
+            self._strings.popitem(last=False)
+        return a
+
+    # ---- index ------------------------------------------------------------------------------------
+    def _build_index(self) -> dict:
+        if self._index is not None:
+            return self._index
+        ok: dict[str, list[RowRef]] = {}
+        first: dict[str, tuple[str, int]] = {}
+        status: dict[str, np.ndarray] = {}
+        counts = {"ok": 0, "failed": 0, "missing": 0}
+        for store in self.stores:
+            g = self._group(store)["group"]
+            keys = np.asarray(g["key"][...], dtype=object)
+            st = np.asarray(g["status"][...])
+            vi = np.asarray(g["view_index"][...])
+            status[store] = st
+            for row, (key, s, v) in enumerate(zip(keys.tolist(), st.tolist(), vi.tolist())):
+                if key in first and first[key][0] != store:
+                    raise SaltCacheError(f"{self.root}: key {key!r} is in two stores ({first[key][0]} and {store})")
+                first.setdefault(key, (store, row))
+                counts[STATUS_NAMES.get(s, "missing")] += 1
+                if s == STATUS_OK:
+                    ok.setdefault(key, []).append(RowRef(store, row, int(v)))
+        counts["rows"] = sum(len(s) for s in status.values())
+        counts["clips"] = len(first)
+        counts["clips_ok"] = len(ok)
+        counts["stores"] = len(self.stores)
+        self._index = {"ok": ok, "first": first, "status": status, "counts": counts, "keys": sorted(ok)}
+        return self._index
+
+    def keys(self) -> list[str]:
+        """Clip keys with at least one ok row, sorted."""
+        return list(self._build_index()["keys"])
+
+    def __len__(self) -> int:
+        return len(self._build_index()["keys"])
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._build_index()["ok"]
+
+    def rows(self, key: str) -> list[RowRef]:
+        """The ok rows of a clip (empty when the clip has none or is unknown)."""
+        return list(self._build_index()["ok"].get(key, []))
+
+    def status(self, ref: RowRef) -> str:
+        st = self._build_index()["status"].get(ref.store)
+        if st is None or not 0 <= ref.row < len(st):
+            raise SaltCacheError(f"{self.root}: no row {ref.row} in store {ref.store!r}")
+        return STATUS_NAMES.get(int(st[ref.row]), "missing")
+
+    def counts(self) -> dict:
+        """{"ok", "failed", "missing", "rows", "clips", "clips_ok", "stores"} over the listed stores."""
+        return dict(self._build_index()["counts"])
+
+    # ---- rows -------------------------------------------------------------------------------------
+    def view(self, ref: RowRef) -> View:
+        """The view stored with a row: frame indices, crop box, size, normalization."""
+        raw = self._string_array(ref.store, "view")[ref.row]
+        if not raw:
+            raise SaltCacheError(f"{ref.store} row {ref.row}: no view recorded (status {self.status(ref)})")
+        return View.from_dict(json.loads(raw))
+
+    def read(self, ref: RowRef) -> torch.Tensor:
+        """Latents of one row -> float32 [tokens, D] (one chunk read). Refuses a row whose status
+        is not ok: unwritten chunks read back as zeros without any error."""
+        s = self.status(ref)
+        if s != "ok":
+            key = self._string_array(ref.store, "key")[ref.row]
+            raise SaltCacheError(f"{ref.store} row {ref.row} ({key}): status {s}, not ok")
+        try:
+            a = self._group(ref.store)["latents"][ref.row]
+        except Exception as e:  # a damaged chunk fails its crc32c
+            raise SaltCacheError(f"{ref.store} row {ref.row}: unreadable latents ({type(e).__name__}: {str(e)[:120]})") from None
+        return from_storage(a, self.dtype)
+
+    def read_key(self, key: str, view_index: int | None = None) -> tuple[RowRef, torch.Tensor]:
+        """Convenience: the row of `key` with `view_index` (default: its first ok row) and its latents."""
+        refs = self.rows(key)
+        if view_index is not None:
+            refs = [r for r in refs if r.view_index == view_index]
+        if not refs:
+            raise SaltCacheError(f"{self.root}: no ok row for key {key!r}" + (f" view {view_index}" if view_index is not None else ""))
+        return refs[0], self.read(refs[0])
+
+    def meta(self, key: str) -> dict:
+        """The clip's shard-sample JSON (source, label, frames, fps, ...) as stored by the build."""
+        where = self._build_index()["first"].get(key)
+        if where is None:
+            raise SaltCacheError(f"{self.root}: unknown key {key!r}")
+        raw = self._string_array(where[0], "meta")[where[1]]
+        return json.loads(raw) if raw else {}

@@ -1,0 +1,317 @@
+"""One Zarr v3 store per input shard: layout, writing, and the done record.
+
+Layout of `CACHE/stores/<NNNNNN>-<shard stem>.zarr` (a Zarr group):
+
+    latents     [rows, tokens, D]  float16 | float32 | uint16 (bfloat16 bits, attribute `dtype`)
+                chunks of one row; sharding codec, `rows_per_shard` rows per shard file;
+                inner chunks: bytes -> compressor -> crc32c, so a damaged chunk fails to read
+    key         [rows] string      clip key (webdataset `__key__`)
+    view_index  [rows] int32       view number within the clip
+    view        [rows] string      JSON of `View.to_dict()` ("" when the view could not be planned)
+    status      [rows] uint8       0 missing (never written: the fill value), 1 ok, 2 failed
+    reason      [rows] string      why a row failed ("" when ok)
+    stats       [rows, 3] float32  mean, std (population), L2 norm of the fp32 teacher output
+    checksum    [rows] uint32      CRC-32 of the row's stored bytes (little-endian)
+    meta        [rows] string      the clip's shard-sample JSON (source, label, frames, ...)
+    done.json                      the done record: rows, counts, files and sizes, bytes, digest
+
+Row r holds view r % views of the shard's sample r // views: a clip's views are consecutive and
+row order follows the shard, whatever the batch size or worker count. A store is written under
+`<name>.partial` by one writer and renamed when whole; Zarr shards are written whole, once, so no
+read-modify-write of a shard ever happens (zarr-python issue 3682).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from salt_cache.errors import SaltCacheError
+from salt_cache.spec import StorageSpec
+
+STORE_FORMAT = "salt-cache/store"
+STORE_VERSION = 1
+STORES_DIR = "stores"
+STORE_SUFFIX = ".zarr"
+TEMP_SUFFIX = ".partial"
+DONE_NAME = "done.json"
+
+STATUS_MISSING, STATUS_OK, STATUS_FAILED = 0, 1, 2
+STATUS_NAMES = {STATUS_MISSING: "missing", STATUS_OK: "ok", STATUS_FAILED: "failed"}
+ROW_ARRAYS = ("key", "view_index", "view", "status", "reason", "stats", "checksum", "meta")
+
+# unit roundoff of each storage dtype: the largest relative error of one stored value
+ROUNDOFF = {"float32": 0.0, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+
+
+def store_name(index: int, shard: Path) -> str:
+    """Store folder name from the shard's position in the data list and its file name."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(shard).name.split(".")[0]) or "shard"
+    return f"{index:06d}-{stem}{STORE_SUFFIX}"
+
+
+def stored_dtype(dtype: str) -> np.dtype:
+    """Zarr dtype that holds latents of spec dtype `dtype` (bfloat16 travels as its uint16 bits)."""
+    return np.dtype({"float16": "<f2", "float32": "<f4", "bfloat16": "<u2"}[dtype])
+
+
+def to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
+    """fp32 latents [..., D] -> numpy array in the stored representation."""
+    x = x.detach().to("cpu", torch.float32)
+    if dtype == "bfloat16":
+        return x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    return x.to(torch.float16 if dtype == "float16" else torch.float32).numpy()
+
+
+def from_storage(a: np.ndarray, dtype: str) -> torch.Tensor:
+    """Stored representation -> float32 tensor of the same shape."""
+    a = np.ascontiguousarray(a)
+    if dtype == "bfloat16":
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16).float()
+    return torch.from_numpy(a.astype(np.float32))
+
+
+def row_checksum(stored_row: np.ndarray) -> int:
+    """CRC-32 of one row's stored bytes, little-endian."""
+    a = np.ascontiguousarray(stored_row)
+    return zlib.crc32(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()) & 0xFFFFFFFF
+
+
+def row_stats(x: torch.Tensor) -> tuple[float, float, float]:
+    """(mean, population std, L2 norm) of one row [tokens, D], computed in float64."""
+    d = x.detach().to("cpu", torch.float64)
+    return float(d.mean()), float(d.std(unbiased=False)), float(d.norm())
+
+
+def stats_problem(recorded, values: torch.Tensor, dtype: str) -> str | None:
+    """Compare recorded (mean, std, L2) of the fp32 output with stats recomputed from the stored
+    values; a stored value is off by at most the dtype's roundoff, so the stats can drift by
+    about that much relative to the row's scale. Returns a description, or None when they agree."""
+    mean, std, l2 = (float(v) for v in recorded)
+    m2, s2, n2 = row_stats(values)
+    tol = 2 * ROUNDOFF[dtype] + 1e-6
+    rms = n2 / max(values.numel(), 1) ** 0.5
+    if not all(np.isfinite([mean, std, l2])):
+        return f"recorded stats are not finite ({mean}, {std}, {l2})"
+    if abs(l2 - n2) > tol * max(n2, 1e-12) or abs(std - s2) > tol * rms + 1e-9 or abs(mean - m2) > tol * rms + 1e-9:
+        return f"stats mismatch: recorded mean/std/L2 {mean:.6g}/{std:.6g}/{l2:.6g}, stored values give {m2:.6g}/{s2:.6g}/{n2:.6g}"
+    return None
+
+
+def compressors(storage: StorageSpec, itemsize: int) -> list:
+    """Bytes-to-bytes codecs of one latent chunk: the compressor, then a CRC-32C so that a damaged
+    chunk raises on read instead of decoding to plausible numbers."""
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+    if storage.codec == "blosc-zstd":
+        first = [BloscCodec(cname="zstd", clevel=storage.level, shuffle="shuffle", typesize=itemsize)]
+    elif storage.codec == "zstd":
+        first = [ZstdCodec(level=storage.level)]
+    else:
+        first = []
+    return first + [Crc32cCodec()]
+
+
+def codecs_description(storage: StorageSpec) -> list[dict]:
+    """The latent array's codec chain as plain data, for the fingerprint."""
+    chain = [{"name": "bytes", "endian": "little"}]
+    if storage.codec == "blosc-zstd":
+        chain.append({"name": "blosc", "cname": "zstd", "clevel": storage.level, "shuffle": "shuffle"})
+    elif storage.codec == "zstd":
+        chain.append({"name": "zstd", "level": storage.level})
+    chain.append({"name": "crc32c"})
+    return [{"name": "sharding_indexed", "chunk_rows": 1, "rows_per_shard": storage.rows_per_shard,
+             "codecs": chain, "index_codecs": [{"name": "bytes"}, {"name": "crc32c"}]}]
+
+
+def store_files(path: Path) -> dict[str, int]:
+    """Relative path -> size of every file of a store except the done record, sorted."""
+    path = Path(path)
+    out = {}
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(path).as_posix()
+            if rel != DONE_NAME:
+                out[rel] = p.stat().st_size
+    return out
+
+
+def store_digest(path: Path, files: dict[str, int] | None = None) -> str:
+    """sha256 over (relative path, size, content) of every file of the store, in sorted order."""
+    path = Path(path)
+    files = store_files(path) if files is None else files
+    h = hashlib.sha256()
+    for rel, size in sorted(files.items()):
+        h.update(rel.encode() + b"\0" + int(size).to_bytes(8, "little"))
+        with open(path / rel, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def read_done(path: Path) -> dict | None:
+    """The done record of a store folder, or None when it has none (or it is unreadable)."""
+    p = Path(path) / DONE_NAME
+    try:
+        rec = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("format") == STORE_FORMAT else None
+
+
+def clear_partial(final: Path) -> bool:
+    """Remove a store's temporary folder, and the final folder if it has no done record.
+    Returns True when something was removed."""
+    removed = False
+    tmp = final.with_name(final.name + TEMP_SUFFIX)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+        removed = True
+    if final.exists() and read_done(final) is None:
+        shutil.rmtree(final)
+        removed = True
+    return removed
+
+
+class StoreWriter:
+    """Writes one store under `<name>.partial`, then renames it to `<name>` with its done record.
+
+    Rows may arrive in any order (`put_ok` / `put_failed`); each Zarr shard is written in one call
+    as soon as all of its rows are in, so memory holds at most the open shards."""
+
+    def __init__(self, final: Path, rows: int, tokens: int, dim: int, storage: StorageSpec, attrs: dict):
+        import zarr
+
+        self.final = Path(final)
+        self.tmp = self.final.with_name(self.final.name + TEMP_SUFFIX)
+        self.rows, self.tokens, self.dim, self.storage = rows, tokens, dim, storage
+        self.dtype = storage.dtype
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        self.attrs = {"format": STORE_FORMAT, "version": STORE_VERSION, **attrs}
+        self.group = zarr.open_group(self.tmp, mode="w", zarr_format=3, attributes=self.attrs)
+        sdt = stored_dtype(self.dtype)
+        self.per_shard = storage.rows_per_shard
+        self.latents = self.group.create_array(
+            "latents", shape=(rows, tokens, dim), dtype=sdt, chunks=(1, tokens, dim),
+            shards=(self.per_shard, tokens, dim), compressors=compressors(storage, sdt.itemsize),
+            fill_value=0, dimension_names=("row", "token", "channel"),
+            attributes={"dtype": self.dtype, "token_order": "t,h,w",
+                        **({"bits": "uint16 holding bfloat16 bit patterns"} if self.dtype == "bfloat16" else {})},
+        )
+        self.key = np.full(rows, "", dtype=object)
+        self.view_index = np.full(rows, -1, dtype=np.int32)
+        self.view = np.full(rows, "", dtype=object)
+        self.status = np.zeros(rows, dtype=np.uint8)
+        self.reason = np.full(rows, "", dtype=object)
+        self.stats = np.full((rows, 3), np.nan, dtype=np.float32)
+        self.checksum = np.zeros(rows, dtype=np.uint32)
+        self.meta = np.full(rows, "", dtype=object)
+        self._blocks: dict[int, np.ndarray] = {}
+        self._filled: dict[int, int] = {}
+        self._written: set[int] = set()
+        self.failures: list[dict] = []
+
+    def _shard_bounds(self, s: int) -> tuple[int, int]:
+        return s * self.per_shard, min((s + 1) * self.per_shard, self.rows)
+
+    def _place(self, row: int, stored: np.ndarray | None) -> None:
+        s = row // self.per_shard
+        a, b = self._shard_bounds(s)
+        block = self._blocks.get(s)
+        if block is None:
+            block = self._blocks[s] = np.zeros((b - a, self.tokens, self.dim), dtype=stored_dtype(self.dtype))
+        if stored is not None:
+            block[row - a] = stored
+        self._filled[s] = self._filled.get(s, 0) + 1
+        if self._filled[s] == b - a:
+            # the whole shard in one call: zarr encodes and writes the shard file once
+            self.latents[a:b] = self._blocks.pop(s)
+            self._written.add(s)
+
+    def _record(self, row: int, key: str, view_index: int, view: dict | None, meta: str) -> None:
+        if not 0 <= row < self.rows:
+            raise IndexError(f"row {row} outside 0..{self.rows - 1}")
+        if self.status[row] != STATUS_MISSING:
+            raise ValueError(f"row {row} written twice")
+        self.key[row] = key
+        self.view_index[row] = view_index
+        self.view[row] = json.dumps(view, separators=(",", ":")) if view else ""
+        self.meta[row] = meta
+
+    def put_ok(self, row: int, key: str, view_index: int, view: dict, meta: str, out: torch.Tensor) -> None:
+        """Store the fp32 teacher output `out` [tokens, D] of one view."""
+        if tuple(out.shape) != (self.tokens, self.dim):
+            raise ValueError(f"row {row}: teacher output {tuple(out.shape)}, expected {(self.tokens, self.dim)}")
+        stored = to_storage(out, self.dtype)
+        self._record(row, key, view_index, view, meta)
+        self.stats[row] = row_stats(out)
+        self.checksum[row] = row_checksum(stored)
+        self._place(row, stored)
+        self.status[row] = STATUS_OK
+
+    def put_failed(self, row: int, key: str, view_index: int, view: dict | None, meta: str, reason: str) -> None:
+        """Record a row that could not be encoded; its latents stay the fill value."""
+        self._record(row, key, view_index, view, meta)
+        self.reason[row] = reason or "unknown failure"
+        self._place(row, None)
+        self.status[row] = STATUS_FAILED
+        self.failures.append({"row": row, "key": key, "view": view_index, "reason": self.reason[row]})
+
+    def finish(self, extra: dict | None = None) -> dict:
+        """Write the per-row arrays and the done record, rename to the final name; returns the
+        done record. Refuses when a row was never written."""
+        missing = int((self.status == STATUS_MISSING).sum())
+        if missing:
+            raise SaltCacheError(f"{self.final.name}: {missing} rows were never written; not finishing the store")
+        n = self.rows
+        one = (max(n, 1),)
+
+        def small(name, data, dtype, shape=None, fill=None):
+            arr = self.group.create_array(name, shape=data.shape if shape is None else shape, dtype=dtype,
+                                          chunks=one + data.shape[1:], fill_value=fill)
+            if n:
+                arr[...] = data
+        small("key", self.key, str, fill="")
+        small("view_index", self.view_index, np.int32, fill=-1)
+        small("view", self.view, str, fill="")
+        small("status", self.status, np.uint8, fill=STATUS_MISSING)
+        small("reason", self.reason, str, fill="")
+        small("stats", self.stats, np.float32, fill=float("nan"))
+        small("checksum", self.checksum, np.uint32, fill=0)
+        small("meta", self.meta, str, fill="")
+        self.group.attrs["status_names"] = {str(k): v for k, v in STATUS_NAMES.items()}
+        files = store_files(self.tmp)
+        ok = int((self.status == STATUS_OK).sum())
+        record = {
+            "format": STORE_FORMAT, "version": STORE_VERSION, "store": self.final.name,
+            **{k: self.attrs[k] for k in ("shard", "shard_index") if k in self.attrs},
+            "rows": n, "ok": ok, "failed": n - ok,
+            "clips": len(set(self.key.tolist())) if n else 0,
+            "files": files, "bytes": int(sum(files.values())),
+            "digest": store_digest(self.tmp, files), "failures": self.failures, **(extra or {}),
+        }
+        (self.tmp / DONE_NAME).write_text(json.dumps(record, indent=1) + "\n")
+        if self.final.exists():  # a leftover without a done record: never complete, safe to drop
+            shutil.rmtree(self.final)
+        os.replace(self.tmp, self.final)
+        return record
+
+
+def open_group(path: Path):
+    """Open a finished store read-only."""
+    import zarr
+
+    try:
+        return zarr.open_group(Path(path), mode="r", zarr_format=3)
+    except Exception as e:  # missing or broken zarr.json
+        raise SaltCacheError(f"{path}: not a readable Zarr store ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
