@@ -147,3 +147,87 @@ def inspect_video(file: Path = typer.Argument(..., help="A video file.")):
     console.print(table)
 
 
+@app.command()
+@user_errors
+def build(
+    teacher: Path = typer.Option(..., help="Encoder checkpoint of the frozen teacher."),
+    data: list[str] = typer.Option(..., help="Shards: a folder, a brace pattern or a comma list (repeatable)."),
+    spec: str = typer.Option(..., help="Cache spec: a YAML file or a name in cache_specs/ (demo, vitl-16x224, ...)."),
+    out: Path = typer.Option(..., help="Cache folder (created; an interrupted build of the same spec, teacher and data resumes)."),
+    batch_size: int = typer.Option(8, help="Views per teacher forward."),
+    workers: int = typer.Option(2, help="DataLoader processes decoding clips (0: decode in the main process)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (under torchrun, cuda means cuda:LOCAL_RANK)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a spec field, e.g. storage.dtype=bfloat16 (repeatable)."),
+    json_out: bool = typer.Option(False, "--json", help="Also print the summary as JSON on stdout."),
+):
+    """Encode every view of every clip with the frozen teacher into a latent cache (Zarr v3).
+    Under [bold]torchrun[/], ranks split the stores by shard index."""
+    import json
+
+    from salt_cache.cache import build_cache
+    from salt_cache.cache.tables import build_tables
+
+    with progress("clips") as bar:
+        summary = build_cache(teacher, data, spec, out, batch_size=batch_size, workers=workers, device=device,
+                              progress=bar, overrides=set_ or [])
+    if summary.rank != 0:
+        return
+    if summary.partial_cleared:
+        console.print(f"cleared {summary.partial_cleared} partial store(s) of an interrupted build")
+    for table in build_tables(summary):
+        console.print(table)
+    if json_out:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+
+
+@app.command()
+@user_errors
+def verify(
+    cache: Path = typer.Argument(..., help="Cache folder."),
+    data: Optional[list[str]] = typer.Option(None, help="Shards whose clips must be exactly the cache's keys (repeatable)."),
+    teacher: Optional[Path] = typer.Option(None, help="Teacher checkpoint: its sha256 must match; --sample rows are re-encoded."),
+    sample: int = typer.Option(8, help="Rows re-encoded with --teacher."),
+    seed: int = typer.Option(0, help="Seed picking the re-encoded rows."),
+    device: str = typer.Option("cpu", help="Device for re-encoding."),
+    json_out: bool = typer.Option(False, "--json", help="Print a machine-readable report on stdout."),
+):
+    """Check a cache, cheapest checks first. Exit 0 when sound; exit 1 with one line per problem."""
+    import json
+
+    from salt_cache.cache import run_verify
+
+    with progress("rows") as bar:
+        rep = run_verify(cache, data=data or None, teacher=teacher, sample=sample if teacher else 0, seed=seed,
+                         device=device, progress=bar)
+    if json_out:
+        typer.echo(json.dumps(rep.to_dict(), indent=2, default=str))
+    else:
+        for p in rep.problems:
+            typer.echo(p.line())
+        status = "[green]ok[/]" if rep.ok else f"[red]{len(rep.problems)} problem(s)[/]"
+        console.print(f"{cache}: {status} ({rep.stores} stores, {rep.rows_checked} rows checked, "
+                      f"{len(rep.reencoded)} re-encoded; checks: {', '.join(rep.checks)})")
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+@app.command("inspect")
+@user_errors
+def inspect_cache(
+    cache: Path = typer.Argument(..., help="Cache folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+):
+    """Show a cache: spec, fingerprint, row and view counts, failed rows, bytes vs fp32, stores."""
+    import json
+
+    from salt_cache.cache import describe_cache
+    from salt_cache.cache.tables import describe_tables
+
+    rep = describe_cache(cache)
+    if json_out:
+        typer.echo(json.dumps(rep, indent=2, default=str))
+        return
+    for table in describe_tables(rep):
+        console.print(table)
+    if rep["stray"]:
+        console.print(f"[yellow]stray entries in stores/:[/] {', '.join(rep['stray'])}")

@@ -25,6 +25,8 @@ from salt_cache.cache.manifest import (
     CACHE_JSON, compatibility_problem, make_header, read_cache_json, refresh_manifest, write_cache_json,
 )
 from salt_cache.cache.source import ClipDataset, ClipItem, index_shard
+from salt_cache.checkpoint import file_sha256, load_encoder
+from salt_cache.shards import resolve_shards
 from salt_cache.cache.store import STORES_DIR, StoreWriter, clear_partial, read_done, store_name
 from salt_cache.errors import SaltCacheError
 from salt_cache.spec import CacheSpec, load_spec
@@ -186,9 +188,6 @@ def build_cache(teacher: Path, data, spec: Path | str | CacheSpec, out: Path, ba
         raise SaltCacheError(f"--workers: expected >= 0, got {workers}")
     if not teacher.is_file():
         raise SaltCacheError(f"{teacher}: teacher checkpoint not found")
-    from salt_cache.checkpoint import file_sha256, load_encoder
-    from salt_cache.shards import resolve_shards
-
     shards = resolve_shards(data)
     dist = _init_dist(device)
     threads = torch.get_num_threads()
