@@ -231,3 +231,41 @@ def inspect_cache(
         console.print(table)
     if rep["stray"]:
         console.print(f"[yellow]stray entries in stores/:[/] {', '.join(rep['stray'])}")
+
+
+@app.command()
+@user_errors
+def probe(
+    encoder: Path = typer.Option(..., help="Encoder checkpoint to evaluate (a teacher.pt, a student's encoder, init-model output)."),
+    train: list[str] = typer.Option(..., help="Labelled train shards: a folder, a brace pattern or a comma list (repeatable)."),
+    val: list[str] = typer.Option(..., help="Labelled validation shards (repeatable)."),
+    spec: Optional[str] = typer.Option(None, help="Cache spec for the probe's clips (YAML file or name in cache_specs/); default: demo-probe with the encoder's patch and tubelet sizes."),
+    epochs: Optional[int] = typer.Option(None, help="Probe epochs over the cached features (default 20)."),
+    batch_size: Optional[int] = typer.Option(None, help="Probe batch size (default 16)."),
+    lrs: Optional[str] = typer.Option(None, help="Learning rates, comma-separated (default 5e-3,1e-3,3e-4; the paper's: 5e-3,3e-3,1e-3,3e-4,1e-4)."),
+    wds: Optional[str] = typer.Option(None, help="Weight decays, comma-separated; one head per (lr, wd) (default 0.01,0.1; the paper's: 0.8,0.4,0.1,0.01)."),
+    depth: Optional[int] = typer.Option(None, help="Probe blocks: 1 = one cross-attention pooler (default); 4 = V-JEPA 2 (3 self-attention + 1 cross-attention)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (encoding and probe training)."),
+    workdir: Optional[Path] = typer.Option(None, help="Folder for the feature caches, reused by later runs (default: a temporary folder)."),
+    out: Optional[Path] = typer.Option(None, help="Write the report as JSON: a .json file, or a folder (gets probe.json)."),
+    encode_batch_size: int = typer.Option(8, help="Clips per encoder forward while caching features."),
+    workers: int = typer.Option(2, help="DataLoader processes decoding clips (0: decode in the main process)."),
+    json_out: bool = typer.Option(False, "--json", help="Also print the report as JSON on stdout."),
+):
+    """Frozen evaluation: an attentive probe on the encoder's cached tokens.
+
+    The encoder runs once per clip and view (features are cached); several (lr, wd) heads train
+    side by side and the best head's top-1 and per-class accuracy are reported."""
+    import json
+
+    from salt_cache.probe import print_report, probe_encoder
+
+    with progress("items") as bar:
+        report = probe_encoder(encoder, train, val, spec=spec, epochs=epochs, batch_size=batch_size, lrs=lrs,
+                               wds=wds, depth=depth, device=device, workdir=workdir, out=out,
+                               encode_batch_size=encode_batch_size, workers=workers, progress=bar)
+    print_report(report)
+    if out is not None:
+        console.print(f"report: {out}")
+    if json_out:
+        typer.echo(json.dumps(report, indent=2, default=str))

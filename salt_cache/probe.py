@@ -397,6 +397,22 @@ def check_labelled(paths: list[Path], split: str) -> int:
     return total
 
 
+def parse_floats(value, option: str) -> tuple[float, ...]:
+    """'1e-3,3e-4' (or a sequence of numbers) -> (0.001, 0.0003); errors name the option."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        if isinstance(item, str) and not item.strip():
+            continue
+        try:
+            out.append(float(item))
+        except (TypeError, ValueError):
+            raise SaltCacheError(f"{option}: expected comma-separated numbers, got {item!r}") from None
+    if not out:
+        raise SaltCacheError(f"{option}: expected at least one number")
+    return tuple(out)
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -429,12 +445,15 @@ def probe_spec(spec, encoder_config: dict):
 def encode_split(encoder_ckpt: Path, paths: list[Path], spec, cache_dir: Path, batch_size: int = 8,
                  workers: int = 2, device: str = "cpu", progress=None) -> dict:
     """Encode every clip x view of `paths` once into a feature cache at `cache_dir` (a re-run
-    finds the stores complete and encodes nothing). -> the build summary as a dict."""
+    finds the stores complete and encodes nothing). -> the build summary's counts as a dict
+    (`rows_built`: encoder forwards of this call, one per clip x view)."""
     from salt_cache.cache import build_cache
 
     summary = build_cache(Path(encoder_ckpt), paths, spec, Path(cache_dir), batch_size=batch_size,
                           workers=workers, device=device, progress=progress)
-    return to_dict(summary) if hasattr(summary, "__dataclass_fields__") else dict(summary or {})
+    s = summary.to_dict()
+    keep = ("clips", "rows", "ok", "failed", "clips_built", "rows_built", "stores_built", "stores_skipped", "wall_s")
+    return {**{k: s[k] for k in keep}, "failures": s["failures"][:20]}
 
 
 def load_split(cache_dir: Path, split: str) -> tuple[list[str], list, list, object]:
@@ -499,9 +518,9 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
 
     encoder_ckpt: an encoder checkpoint (kind "encoder"); train / val: labelled shards (a folder,
     brace pattern, comma list or list). Features are cached under `workdir` (default: a temporary
-    folder, removed afterwards); `spec` as in `probe_spec`; `epochs`, `batch_size`, `lrs`, `wds`,
-    `depth` override fields of `config`. `class_names[i]` names integer label i in the report.
-    Returns the report (also written as JSON to `out`, a file or a folder): best head's top-1
+    folder, removed afterwards); `spec` as in `probe_spec`; `epochs`, `batch_size`, `lrs`, `wds`
+    (sequences or '1e-3,3e-4' strings), `depth` override fields of `config`. `class_names[i]`
+    names integer label i in the report. Returns the report (also written as JSON to `out`, a file or a folder): best head's top-1
     and per-class accuracy, chance, every head's (lr, wd, top-1), feature and timing details."""
     from salt_cache.checkpoint import file_sha256, load_checkpoint
     from salt_cache.shards import resolve_shards
@@ -509,8 +528,8 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
     t_start = time.perf_counter()
     config = config or ProbeConfig()
     over = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, depth=depth,
-                                   lrs=None if lrs is None else tuple(float(x) for x in lrs),
-                                   wds=None if wds is None else tuple(float(x) for x in wds)).items() if v is not None}
+                                   lrs=None if lrs is None else parse_floats(lrs, "--lrs"),
+                                   wds=None if wds is None else parse_floats(wds, "--wds")).items() if v is not None}
     if over:
         config = from_dict(ProbeConfig, {**to_dict(config), **over}, source="probe")
     encoder_ckpt = Path(encoder_ckpt)
