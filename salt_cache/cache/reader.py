@@ -153,7 +153,9 @@ class CacheReader:
 
     def status(self, ref: RowRef) -> str:
         st = self._build_index()["status"].get(ref.store)
-        if st is None or not 0 <= ref.row < len(st):
+        if st is None:
+            raise SaltCacheError(f"{self.root}: no finished store {ref.store!r} in the manifest")
+        if not 0 <= ref.row < len(st):
             raise SaltCacheError(f"{self.root}: no row {ref.row} in store {ref.store!r}")
         return STATUS_NAMES.get(int(st[ref.row]), "missing")
 

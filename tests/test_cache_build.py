@@ -1,0 +1,201 @@
+"""Building a latent cache on the demo fixture with a micro teacher, and reading it back."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from typer.testing import CliRunner
+
+from salt_cache.cache import CacheReader, RowRef, build_cache, describe_cache, verify_cache
+from salt_cache.checkpoint import file_sha256, load_encoder
+from salt_cache.cli import app
+from salt_cache.errors import SaltCacheError
+from salt_cache.shards import iter_shard, resolve_shards, shard_keys
+from salt_cache.spec import load_spec
+from salt_cache.video import decode_view, plan_view, probe_video
+from test_cache_common import DIM, TOKENS, make_teacher, store_arrays, store_names, write_spec
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def built(demo, tmp_path_factory):
+    """demo/train (36 clips in 4 shards) x 2 views, float16, batch 3, 2 decoding workers."""
+    root = tmp_path_factory.mktemp("cache_build")
+    teacher = make_teacher(root / "teacher.pt")
+    spec = write_spec(root / "spec.yaml")
+    summary = build_cache(teacher, demo / "train", spec, root / "cache", batch_size=3, workers=2)
+    return {"root": root, "teacher": teacher, "spec": spec, "cache": root / "cache", "summary": summary}
+
+
+def test_every_row_is_the_teacher_output_of_its_stored_view(built, demo):
+    s = built["summary"]
+    assert s.complete and (s.clips, s.rows, s.ok, s.failed) == (36, 72, 72, 0)
+    model, _ = load_encoder(built["teacher"])
+    spec = load_spec(built["spec"])
+    reader = CacheReader(built["cache"])
+    checked = 0
+    for shard in resolve_shards(demo / "train"):
+        for key, video, _meta in iter_shard(shard):
+            info = probe_video(video, key)
+            refs = reader.rows(key)
+            assert [r.view_index for r in refs] == [0, 1]
+            for ref in refs:
+                view = reader.view(ref)
+                # contract 1: the stored view is exactly the planned one (frames, box, size, norm)
+                assert view == plan_view(key, ref.view_index, spec.seed, info, spec.clip)
+                with torch.inference_mode():
+                    want = model(decode_view(video, view)[None])[0]
+                got = reader.read(ref)
+                assert got.dtype == torch.float32 and got.shape == (TOKENS, DIM)
+                # float16 storage: each value within its rounding (2^-11 relative) plus fp32 noise
+                torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+                assert torch.equal(got, want.half().float()) or (got - want).abs().max() < 2e-3
+                checked += 1
+    assert checked == 72
+    # the two views of a clip are different crops, so their latents differ
+    a, b = reader.rows(reader.keys()[0])
+    assert not torch.allclose(reader.read(a), reader.read(b))
+
+
+def test_rows_follow_shard_order_times_views_and_zarr_layout(built, demo):
+    shards = resolve_shards(demo / "train")
+    names = store_names(built["cache"])
+    assert names == [f"{i:06d}-shard-{i:06d}.zarr" for i in range(4)]
+    for shard, name in zip(shards, names):
+        arr = store_arrays(built["cache"], name)
+        keys = shard_keys(shard)
+        assert arr["key"].tolist() == [k for k in keys for _ in range(2)]
+        assert arr["view_index"].tolist() == [0, 1] * len(keys)
+        assert set(arr["status"].tolist()) == {1}
+        g = zarr.open_group(built["cache"] / "stores" / name, mode="r")
+        lat = g["latents"]
+        assert lat.shape == (2 * len(keys), TOKENS, DIM) and lat.dtype == np.float16
+        assert lat.chunks == (1, TOKENS, DIM) and lat.shards == (4, TOKENS, DIM)
+        # one file per Zarr shard of 4 rows, the last one partial but written whole
+        files = sorted((built["cache"] / "stores" / name / "latents" / "c").rglob("*"))
+        assert len([f for f in files if f.is_file()]) == -(-2 * len(keys) // 4)
+        done = json.loads((built["cache"] / "stores" / name / "done.json").read_text())
+        assert done["rows"] == 2 * len(keys) and done["digest"].startswith("sha256:")
+        assert not (built["cache"] / "stores" / (name + ".partial")).exists()
+
+
+def test_cache_json_fingerprint(built):
+    doc = json.loads((built["cache"] / "cache.json").read_text())
+    assert doc["status"] == "complete"
+    assert doc["teacher"]["sha256"] == file_sha256(built["teacher"])
+    assert doc["teacher"]["config"]["embed_dim"] == DIM and doc["teacher"]["config"]["patch_size"] == 8
+    assert (doc["teacher_dim"], doc["grid"], doc["tokens"]) == (DIM, [2, 4, 4], TOKENS)
+    assert doc["token_order"] == "t,h,w" and doc["final_norm"] is True
+    assert doc["storage"]["dtype"] == "float16" and doc["storage"]["codecs"][0]["name"] == "sharding_indexed"
+    assert {"torch", "zarr", "numcodecs", "salt-cache"} <= set(doc["versions"])
+    assert doc["spec"]["clip"]["size"] == 32 and doc["spec"]["views"] == 2
+    assert len(doc["stores"]) == 4 and doc["summary"]["rows"] == 72
+    assert doc["build"]["batch_size"] == 3
+
+
+def test_reader_api_pickles_and_reads_in_forked_workers(built):
+    reader = CacheReader(built["cache"])
+    assert (reader.teacher_dim, reader.grid, reader.tokens) == (DIM, (2, 4, 4), TOKENS)
+    assert reader.spec == load_spec(built["spec"])
+    keys = reader.keys()
+    assert keys == sorted(keys) and len(keys) == 36
+    assert reader.counts() == {"ok": 72, "failed": 0, "missing": 0, "rows": 72, "clips": 36, "clips_ok": 36, "stores": 4}
+    meta = reader.meta(keys[0])
+    assert meta["source"].startswith("videos/train/") and meta["label"] in range(4)
+    refs = [r for k in keys for r in reader.rows(k)]
+    assert all(refs[i].row + 1 == refs[i + 1].row for i in range(0, len(refs), 2))  # views consecutive
+
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self, reader):
+            self.reader = reader
+
+        def __len__(self):
+            return len(refs)
+
+        def __getitem__(self, i):
+            return self.reader.read(refs[i])
+
+    # the reader travels to forked workers, opens its stores there, and reads the same bytes
+    fresh = pickle.loads(pickle.dumps(CacheReader(built["cache"])))
+    loader = torch.utils.data.DataLoader(Rows(fresh), batch_size=8, num_workers=2)
+    got = torch.cat(list(loader))
+    want = torch.stack([reader.read(r) for r in refs])
+    assert torch.equal(got, want)
+    with pytest.raises(SaltCacheError, match="no finished store"):
+        reader.read(RowRef("nope.zarr", 0, 0))
+    with pytest.raises(SaltCacheError, match="unknown key"):
+        reader.meta("no-such-clip")
+
+
+def test_failed_clip_is_a_failed_row_and_shifts_nothing(built, demo, tmp_path):
+    import webdataset as wds
+
+    src = resolve_shards(demo / "train")[0]
+    samples = list(iter_shard(src))
+    data = tmp_path / "data"
+    data.mkdir()
+    with wds.TarWriter(str(data / "shard-000000.tar")) as w:
+        for i, (key, video, meta) in enumerate(samples):
+            if i == 3:
+                w.write({"__key__": "broken-clip", "mp4": b"\x00\x00\x00\x18ftypmp42 not really a video", "json": {"label": 1}})
+            if i == 6:
+                w.write({"__key__": "no-video", "json": {"label": 2}})
+            w.write({"__key__": key, "mp4": video, "json": meta})
+    out = tmp_path / "cache"
+    s = build_cache(built["teacher"], data, built["spec"], out, batch_size=1, workers=1)
+    assert (s.clips, s.rows, s.failed) == (12, 24, 4)
+    assert {(f["key"], f["view"]) for f in s.failures} == {("broken-clip", 0), ("broken-clip", 1), ("no-video", 0), ("no-video", 1)}
+    assert all(f["reason"] for f in s.failures)
+    arr = store_arrays(out, store_names(out)[0])
+    keys = [k for k, _, _ in samples]
+    order = keys[:3] + ["broken-clip"] + keys[3:6] + ["no-video"] + keys[6:]
+    assert arr["key"].tolist() == [k for k in order for _ in range(2)]  # nothing dropped or moved
+    failed_rows = [2 * order.index("broken-clip") + v for v in (0, 1)] + [2 * order.index("no-video") + v for v in (0, 1)]
+    assert np.flatnonzero(arr["status"] == 2).tolist() == sorted(failed_rows)
+    assert "no video member" in arr["reason"][failed_rows[2]]
+    assert not arr["latents"][failed_rows].any()  # latents of failed rows stay the fill value
+    reader, ref_reader = CacheReader(out), CacheReader(built["cache"])
+    assert "broken-clip" not in reader.keys() and reader.meta("broken-clip") == {"label": 1}
+    with pytest.raises(SaltCacheError, match="status failed, not ok"):
+        reader.read(RowRef(store_names(out)[0], failed_rows[0], 0))
+    for key in keys:  # every other clip: same views and latents as in the clean cache
+        for a, b in zip(reader.rows(key), ref_reader.rows(key), strict=True):
+            assert reader.view(a) == ref_reader.view(b)
+            torch.testing.assert_close(reader.read(a), ref_reader.read(b), rtol=2e-3, atol=2e-3)
+    assert verify_cache(out, data=data) == []
+
+
+@pytest.mark.parametrize("dtype,codec", [("bfloat16", "zstd"), ("float32", "none")])
+def test_other_storage_dtypes_and_codecs(built, demo, tmp_path, dtype, codec):
+    spec = write_spec(tmp_path / "spec.yaml", dtype=dtype, codec=codec)
+    data = resolve_shards(demo / "train")[3]  # one shard of 6 clips
+    build_cache(built["teacher"], [data], spec, tmp_path / "cache", batch_size=4, workers=0)
+    g = zarr.open_group(tmp_path / "cache" / "stores" / "000000-shard-000003.zarr", mode="r")
+    lat = g["latents"]
+    assert lat.dtype == (np.uint16 if dtype == "bfloat16" else np.float32) and lat.attrs["dtype"] == dtype
+    names = [c["name"] for c in lat.metadata.to_dict()["codecs"][0]["configuration"]["codecs"]]
+    assert names == (["bytes", "zstd", "crc32c"] if codec == "zstd" else ["bytes", "crc32c"])
+    new, ref = CacheReader(tmp_path / "cache"), CacheReader(built["cache"])
+    tol = 1e-2 if dtype == "bfloat16" else 1e-3
+    for key in new.keys():
+        a, b = new.read_key(key, 1)[1], ref.read_key(key, 1)[1]
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    assert verify_cache(tmp_path / "cache") == []
+
+
+def test_describe_and_cli_inspect(built):
+    rep = describe_cache(built["cache"])
+    assert rep["counts"] == {"stores": 4, "stores_done": 4, "clips": 36, "rows": 72, "views_per_clip": 2, "ok": 72, "failed": 0}
+    assert rep["bytes"]["fp32_bytes_per_row"] == TOKENS * DIM * 4
+    assert 0 < rep["bytes"]["on_disk"] < rep["bytes"]["raw_fp32"] and rep["stray"] == []
+    res = runner.invoke(app, ["inspect", str(built["cache"])])
+    assert res.exit_code == 0, res.output
+    assert "4 done of 4" in res.output and "36 clips, 72 rows" in res.output and "000003-shard-000003.zarr" in res.output
+    res = runner.invoke(app, ["inspect", str(built["cache"]), "--json"])
+    assert json.loads(res.stdout)["counts"]["rows"] == 72
