@@ -24,6 +24,15 @@ from salt_cache.selection import linear_fit, loss_at, plot_selection, read_log
 PROTOS = torch.randn(4, 16, generator=torch.Generator().manual_seed(123))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The probes here are tiny: on a shared 2-core box, intra-op threads only wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def planted(n: int, seed: int, shuffle: bool = False) -> FeatureSet:
     """8 noise tokens of width 16 per clip; one token at a random place carries its class's
     prototype. Only attention pooling that finds that token can read the class."""
@@ -120,3 +129,149 @@ def test_loss_pairing_on_a_real_log(tmp_path):
     bad.write_text("step,lr\n1,0.1\n")
     with pytest.raises(SaltCacheError, match="no 'loss' column"):
         read_log(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on the demo shards, with a micro encoder and the real cache machinery
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> Path:
+    from salt_cache.checkpoint import save_encoder
+    from salt_cache.models import build_encoder
+
+    torch.manual_seed(0)
+    return save_encoder(tmp_path_factory.mktemp("enc") / "micro.pt", build_encoder("micro", patch_size=8, tubelet_size=2))
+
+
+def write_spec(path: Path, **over) -> Path:
+    """A probe spec for the 32 px demo clips: 4 frames, 2 x 4 x 4 = 32 tokens per view."""
+    spec = {"name": "test-probe", "clip": {"frames": 4, "frame_step": 2, "size": 32, "crop": "center"},
+            "views": 1, "patch_size": 8, "tubelet_size": 2, **over}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+class ForwardCounter:
+    """Counts clips through every VideoViT forward in this process (build_cache encodes in the
+    calling process; its DataLoader workers only decode)."""
+
+    def __enter__(self):
+        from salt_cache.models import VideoViT
+
+        self.clips = 0
+
+        def hook(module, args, output):
+            if isinstance(module, VideoViT):
+                self.clips += args[0].shape[0]
+
+        self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+@pytest.fixture(scope="module")
+def two_views(tmp_path_factory) -> Path:
+    """Two random-resized views per clip, so a clip's rows and its views are distinct things."""
+    return write_spec(tmp_path_factory.mktemp("spec") / "two-views.yaml", views=2,
+                      clip={"frames": 4, "frame_step": 2, "size": 32, "crop": "random-resized"})
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """Feature caches shared by the tests of this module (a later test reuses what an earlier built)."""
+    return tmp_path_factory.mktemp("work")
+
+
+def test_probe_end_to_end_encodes_each_view_once(demo, encoder, two_views, work, tmp_path):
+    from salt_cache.cache import CacheReader
+
+    spec = two_views  # 36 train + 12 val clips, 2 views each -> 96 encoder forwards
+    with ForwardCounter() as count:
+        rep = probe_encoder(encoder, demo / "train", demo / "val", spec=spec, epochs=2, workdir=work,
+                            out=tmp_path / "report", workers=0, class_names=["right", "left", "grow", "shrink"])
+    assert count.clips == (36 + 12) * 2
+    on_disk = json.loads((tmp_path / "report" / "probe.json").read_text())
+    assert on_disk["top1"] == rep["top1"] and on_disk["best"]["per_class"] == rep["best"]["per_class"]
+    assert rep["num_classes"] == 4 and rep["chance"] == 0.25 and rep["classes"] == ["right", "left", "grow", "shrink"]
+    assert len(rep["heads"]) == 6 and {(h["lr"], h["wd"]) for h in rep["heads"]} == {
+        (lr, wd) for lr in (5e-3, 1e-3, 3e-4) for wd in (0.01, 0.1)}
+    assert all(0 <= h["top1"] <= 1 and np.isfinite(h["val_loss"]) and len(h["history"]) == 2 for h in rep["heads"])
+    assert rep["top1"] == max(h["top1"] for h in rep["heads"])
+    per = rep["best"]["per_class"]
+    assert sum(v["count"] for v in per.values()) == 12
+    # the best head's top-1 is the count-weighted mean of its per-class accuracies
+    assert sum(v["accuracy"] * v["count"] for v in per.values()) / 12 == pytest.approx(rep["top1"])
+    for split, clips in (("train", 36), ("val", 12)):
+        f = rep["features"][split]
+        assert (f["clips_used"], f["rows"], f["tokens"], f["dim"]) == (clips, 2 * clips, 32, 96)
+        reader = CacheReader(Path(f["cache"]))
+        assert len(reader.keys()) == clips and sum(len(reader.rows(k)) for k in reader.keys()) == 2 * clips
+    # more epochs and other heads: the cached features are reused, the encoder never runs
+    with ForwardCounter() as again:
+        rep2 = probe_encoder(encoder, demo / "train", demo / "val", spec=spec, epochs=3, lrs="1e-2", wds=[0.0],
+                             workdir=work, workers=0)
+    assert again.clips == 0
+    assert rep2["features"]["train"]["build"]["rows_built"] == 0
+    assert [(h["lr"], h["wd"]) for h in rep2["heads"]] == [(1e-2, 0.0)]
+    assert len(rep2["heads"][0]["history"]) == 3
+
+
+def test_probe_cli(demo, encoder, two_views, work, tmp_path):
+    from salt_cache.cli import app
+
+    out = tmp_path / "probe.json"
+    res = CliRunner().invoke(app, ["probe", "--encoder", str(encoder), "--train", str(demo / "train"),
+                                   "--val", str(demo / "val"), "--spec", str(two_views), "--workdir", str(work),
+                                   "--epochs", "1", "--lrs", "1e-3,1e-2", "--wds", "0.05", "--workers", "0",
+                                   "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    assert [(h["lr"], h["wd"]) for h in rep["heads"]] == [(1e-3, 0.05), (1e-2, 0.05)]
+    assert rep["features"]["val"]["rows"] == 24 and rep["spec"]["name"] == "test-probe"
+    assert "probe heads" in res.output and '"top1"' in res.output
+
+
+def test_default_spec_follows_the_encoder():
+    from salt_cache.probe import probe_spec
+
+    spec, notes = probe_spec(None, {"patch_size": 8, "tubelet_size": 2})
+    assert (spec.name, spec.clip.crop, spec.views, spec.tokens) == ("demo-probe", "center", 1, 4 * 8 * 8)
+    assert notes == []
+    spec, notes = probe_spec(None, {"patch_size": 16, "tubelet_size": 4})
+    assert (spec.patch_size, spec.tubelet_size, spec.grid) == (16, 4, (2, 4, 4))
+    assert "set to the encoder's 16/4" in notes[0]
+
+
+def test_probe_bad_inputs_are_one_line_errors(demo, encoder, tmp_path):
+    from salt_cache.cli import app
+    from salt_cache.shards import write_shards
+
+    from conftest import write_video
+
+    spec = write_spec(tmp_path / "spec.yaml")
+    runner = CliRunner()
+    res = runner.invoke(app, ["probe", "--encoder", str(tmp_path / "nope.pt"), "--train", str(demo / "train"),
+                              "--val", str(demo / "val")])
+    assert res.exit_code == 1 and "nope.pt: checkpoint not found" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+    # shards packed from a plain folder carry no labels
+    for i in range(2):
+        write_video(tmp_path / "videos" / f"clip{i}.mp4", frames=8, height=32, width=32, seed=i)
+    write_shards(tmp_path / "videos", tmp_path / "unlabelled", workers=1)
+    with pytest.raises(SaltCacheError, match=r"shard-000000\.tar: val clip clip0 has no label \(and 1 more"):
+        probe_encoder(encoder, demo / "train", tmp_path / "unlabelled", spec=spec, workers=0)
+    res = runner.invoke(app, ["probe", "--encoder", str(encoder), "--train", str(demo / "train"),
+                              "--val", str(tmp_path / "unlabelled"), "--spec", str(spec)])
+    assert res.exit_code == 1 and "has no label" in res.output and len(res.output.strip().splitlines()) == 1
+
+    with pytest.raises(SaltCacheError, match="same shard is in both"):
+        probe_encoder(encoder, demo / "train", demo / "train", spec=spec)
+    with pytest.raises(SaltCacheError, match="clip.size 36 is not a multiple of the encoder's patch size 8"):
+        probe_encoder(encoder, demo / "train", demo / "val",
+                      spec=write_spec(tmp_path / "odd.yaml", patch_size=4, clip={"frames": 4, "frame_step": 2, "size": 36}))
+    with pytest.raises(SaltCacheError, match="--lrs: expected comma-separated numbers"):
+        probe_encoder(encoder, demo / "train", demo / "val", spec=spec, lrs="1e-3,fast")
