@@ -21,7 +21,7 @@ import torch
 
 from salt_cache.cache.manifest import CACHE_JSON, read_cache_json, stray_entries
 from salt_cache.cache.store import (
-    DONE_NAME, ROW_ARRAYS, STATUS_FAILED, STATUS_MISSING, STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage,
+    DONE_NAME, ROW_ARRAYS, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage,
     read_done, row_checksum, stats_problem, store_digest, store_files, stored_dtype,
 )
 from salt_cache.errors import SaltCacheError
@@ -309,8 +309,7 @@ def _check_rows(name: str, a: dict, dtype: str, P, progress, task) -> int:
                     rows_of[r] = lat[r]
                 except Exception as e:
                     if status[r] == STATUS_OK:
-                        P(Problem(f"latents unreadable ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})",
-                                  store=name, row=r, key=a["key"][r]))
+                        P(Problem(f"latents unreadable ({_short(e)})", store=name, row=r, key=a["key"][r]))
         for r in range(start, stop):
             if status[r] != STATUS_OK or r not in rows_of:
                 continue
@@ -333,6 +332,13 @@ def _check_rows(name: str, a: dict, dtype: str, P, progress, task) -> int:
     return checked
 
 
+def _short(e: BaseException) -> str:
+    """One short line for an exception from zarr / numcodecs (their messages can carry raw bytes)."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    text = text.split(". Stored")[0]  # crc32c mismatch: the raw checksums add nothing
+    return f"{type(e).__name__}: {text[:120]}" if text else type(e).__name__
+
+
 def _check_teacher(doc: dict, spec: CacheSpec, opened: dict, teacher: Path, sample: int, seed: int,
                    device: str, data, rep: VerifyReport, P) -> None:
     from salt_cache.checkpoint import file_sha256, load_encoder
@@ -352,8 +358,12 @@ def _check_teacher(doc: dict, spec: CacheSpec, opened: dict, teacher: Path, samp
         return
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(candidates), size=min(sample, len(candidates)), replace=False).tolist())
-    dev = torch.device(device)
-    model, _ = load_encoder(teacher, dev)
+    try:
+        dev = torch.device(device)
+        model, _ = load_encoder(teacher, dev)
+    except (SaltCacheError, RuntimeError) as e:
+        P(Problem(f"cannot re-encode: {e}"))
+        return
     shard_paths = _shard_paths(doc, data)
     autocast = dev.type == "cuda" or any(
         (doc.get("stores", {}).get(name, {}).get("autocast")) for name, _ in (candidates[i] for i in picks))
@@ -373,20 +383,25 @@ def _check_teacher(doc: dict, spec: CacheSpec, opened: dict, teacher: Path, samp
             P(Problem(f"cannot re-encode: shard {shard} not found (pass --data)", store=name, row=r, key=key))
             continue
         if shard not in index_cache:
-            index_cache[shard] = {s.key: s for s in index_shard(Path(shard))}
+            try:
+                index_cache[shard] = {s.key: s for s in index_shard(Path(shard))}
+            except SaltCacheError as e:
+                P(Problem(f"cannot re-encode: {e}", store=name, row=r, key=key))
+                index_cache[shard] = {}
+                continue
         tar = index_cache[shard].get(key)
         if tar is None or tar.video_ext is None:
             P(Problem(f"cannot re-encode: clip not in {Path(shard).name}", store=name, row=r, key=key))
             continue
-        view = View.from_dict(json.loads(a["view"][r]))
-        x = decode_view(read_member(Path(shard), tar.members[tar.video_ext]), view)
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            try:
+        try:
+            view = View.from_dict(json.loads(a["view"][r]))
+            x = decode_view(read_member(Path(shard), tar.members[tar.video_ext]), view)
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 y = model(x[None].to(dev))[0].float().cpu()
-            except ValueError as e:  # the clip does not tile into this teacher's patches
-                P(Problem(f"teacher cannot encode the stored view ({e})", store=name, row=r, key=key))
-                continue
-        stored = from_storage(a["latents"][r], doc["storage"]["dtype"])
+            stored = from_storage(a["latents"][r], doc["storage"]["dtype"])
+        except Exception as e:  # an undecodable view, a clip that does not tile, a damaged chunk
+            P(Problem(f"cannot re-encode ({_short(e)})", store=name, row=r, key=key))
+            continue
         if y.shape != stored.shape:
             P(Problem(f"teacher output {tuple(y.shape)} vs stored {tuple(stored.shape)}", store=name, row=r, key=key))
             continue
@@ -399,14 +414,17 @@ def _check_teacher(doc: dict, spec: CacheSpec, opened: dict, teacher: Path, samp
 
 
 def _shard_paths(doc: dict, data) -> dict[str, str]:
-    """Store name -> shard path: from `data` when given (same order as the build), else as recorded."""
+    """Store name -> shard path: a shard of `data` with the recorded name and size when given,
+    else the path recorded at build time."""
     shards = doc["data"]["shards"]
-    if data is None:
-        return {s["store"]: s["path"] for s in shards}
-    from salt_cache.shards import resolve_shards
+    out = {s["store"]: s["path"] for s in shards}
+    if data is not None:
+        from salt_cache.shards import resolve_shards
 
-    try:
-        paths = resolve_shards(data)
-    except SaltCacheError:
-        return {}
-    return {s["store"]: str(p) for s, p in zip(shards, paths)}
+        try:
+            given = {(p.name, p.stat().st_size): str(p) for p in resolve_shards(data)}
+        except SaltCacheError:
+            return out
+        for s in shards:
+            out[s["store"]] = given.get((s["name"], s["bytes"]), out[s["store"]])
+    return out
