@@ -87,7 +87,7 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def plot_selection(points: list[dict], fit: dict, path: Path, title: str = "") -> Path:
+def plot_selection(points: list[dict], fit: dict, path: Path, title: str = "", stage: str = "student") -> Path:
     """Scatter of probe top-1 against training loss, one point per checkpoint (labelled with its
     step), with the fitted line and R^2. Written as PNG with the Agg backend."""
     import matplotlib
@@ -106,9 +106,9 @@ def plot_selection(points: list[dict], fit: dict, path: Path, title: str = "") -
         r2 = "n/a" if fit["r2"] is None else f"{fit['r2']:.3f}"
         ax.plot(xs, 100 * (fit["slope"] * xs + fit["intercept"]), color="tab:red", label=f"linear fit, $R^2$ = {r2}")
         ax.legend(loc="best", fontsize=8)
-    ax.set_xlabel("student training loss")
+    ax.set_xlabel(f"{stage} training loss")
     ax.set_ylabel("probe top-1 (%)")
-    ax.set_title(title or "student loss vs. downstream accuracy", fontsize=9)
+    ax.set_title(title or f"{stage} loss vs. downstream accuracy", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
@@ -149,13 +149,14 @@ def select_checkpoints(run_dir: Path, train, val, *, spec=None, config=None, epo
         tmp = tempfile.TemporaryDirectory(prefix="salt-select-")
         workdir = Path(tmp.name)
     workdir = Path(workdir)
-    points, reports = [], []
+    points, reports, stages = [], [], set()
     try:
         for step, path in ckpts:
             loss, used = loss_at(log, step, loss_window)
             if used == 0:
                 raise SaltCacheError(f"{run_dir / 'log.csv'}: no logged loss at or before step {step} ({path.name})")
             encoder, meta = load_run_encoder(path)
+            stages.add(meta.get("stage") or "student")
             enc_path = save_encoder(workdir / "encoders" / f"step-{step:07d}.pt", encoder,
                                     meta={"origin": "select-checkpoints", "run": str(run_dir), "step": step})
             del encoder
@@ -170,8 +171,10 @@ def select_checkpoints(run_dir: Path, train, val, *, spec=None, config=None, epo
         if tmp is not None:
             tmp.cleanup()
     fit = linear_fit([p["loss"] for p in points], [p["top1"] for p in points])
+    stage = "/".join(sorted(stages))
     result = {
         "run": str(run_dir),
+        "stage": stage,
         "loss_window": loss_window,
         "points": points,
         "fit": fit,
@@ -185,7 +188,8 @@ def select_checkpoints(run_dir: Path, train, val, *, spec=None, config=None, epo
         from salt_cache.console import write_json
 
         out = Path(out)
-        result["plot"] = str(plot_selection(points, fit, out / "selection.png", title=f"{run_dir.name}: student loss vs. probe top-1"))
+        result["plot"] = str(plot_selection(points, fit, out / "selection.png", stage=stage,
+                                            title=f"{run_dir.name}: {stage} loss vs. probe top-1"))
         write_json(out / "selection.json", result)
     return result
 

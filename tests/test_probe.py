@@ -217,6 +217,10 @@ def test_probe_end_to_end_encodes_each_view_once(demo, encoder, two_views, work,
     assert rep2["features"]["train"]["build"]["rows_built"] == 0
     assert [(h["lr"], h["wd"]) for h in rep2["heads"]] == [(1e-2, 0.0)]
     assert len(rep2["heads"][0]["history"]) == 3
+    # features too big for the memory budget are read from the cache per batch: same numbers
+    lazy = probe_encoder(encoder, demo / "train", demo / "val", spec=spec, epochs=3, lrs="1e-2", wds=[0.0],
+                         workdir=work, workers=0, max_memory_gb=0)
+    assert lazy["heads"][0]["history"] == rep2["heads"][0]["history"]
 
 
 def test_probe_cli(demo, encoder, two_views, work, tmp_path):
@@ -275,3 +279,37 @@ def test_probe_bad_inputs_are_one_line_errors(demo, encoder, tmp_path):
                       spec=write_spec(tmp_path / "odd.yaml", patch_size=4, clip={"frames": 4, "frame_step": 2, "size": 36}))
     with pytest.raises(SaltCacheError, match="--lrs: expected comma-separated numbers"):
         probe_encoder(encoder, demo / "train", demo / "val", spec=spec, lrs="1e-3,fast")
+
+
+def test_select_checkpoints_on_a_real_run(demo, tmp_path):
+    """A real (Stage 1) run folder: same layout and log as Stage 2, and load_run_encoder reads
+    every stage's checkpoints. Three checkpoints, each probed; the fit is over those points."""
+    from salt_cache.selection import select_checkpoints
+    from salt_cache.train.config import DataConfig, ModelConfig
+    from salt_cache.train.teacher import DecoderConfig, TeacherConfig, train
+    from salt_cache.video import ClipSpec
+
+    run = tmp_path / "run"
+    cfg = TeacherConfig(model=ModelConfig(name="micro", patch_size=8, tubelet_size=2),
+                        clip=ClipSpec(frames=4, frame_step=2, size=32),
+                        data=DataConfig(train=str(demo / "train"), shuffle_buffer=8),
+                        decoder=DecoderConfig(embed_dim=32, depth=1, num_heads=2), steps=6, batch_size=4,
+                        workers=0, device="cpu", bf16=False, log_every=1, ckpt_every=2, val_every=100)
+    train(cfg, run, show_progress=False)
+    train_shards = f"{demo}/train/shard-000000.tar,{demo}/train/shard-000001.tar"
+    res = select_checkpoints(run, train_shards, demo / "val", spec=write_spec(tmp_path / "spec.yaml"), epochs=2,
+                             lrs=[1e-3], wds=[0.01], workers=0, loss_window=2, workdir=tmp_path / "w",
+                             out=tmp_path / "sel")
+    log = read_log(run / "log.csv")
+    assert [p["step"] for p in res["points"]] == [2, 4, 6]
+    for p in res["points"]:
+        assert p["loss"] == pytest.approx(loss_at(log, p["step"], 2)[0]) and p["loss_rows"] == 2
+        assert 0 <= p["top1"] <= 1
+    fit = linear_fit([p["loss"] for p in res["points"]], [p["top1"] for p in res["points"]])
+    assert res["fit"] == fit and res["stage"] == "teacher"
+    assert json.loads((tmp_path / "sel" / "selection.json").read_text())["fit"] == fit
+    assert (tmp_path / "sel" / "selection.png").read_bytes()[:4] == b"\x89PNG"
+    # three different encoders: each was encoded once into its own feature cache
+    assert len(list((tmp_path / "w" / "features").iterdir())) == 3
+    with pytest.raises(SaltCacheError, match="no checkpoint for step 5"):
+        select_checkpoints(run, train_shards, demo / "val", steps=[5])
