@@ -110,6 +110,14 @@ def test_resume_into_a_different_cache_is_refused(ref, tmp_path):
     # the same command on a finished cache does nothing and says so
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and "4 done of 4 (0 built now, 4 already done)" in res.output
+    # what a build killed before its first store leaves behind does not block the next one
+    out = tmp_path / "early"
+    (out / "stores").mkdir(parents=True)
+    (out / ".cache.json.12345.tmp").write_text('{"format": "salt-cache/lat')
+    one = str(ref["data"] / "shard-000003.tar")
+    res = runner.invoke(app, [one if a == str(ref["data"]) else a for a in build_args(ref, out)])
+    assert res.exit_code == 0, res.output
+    assert not (out / ".cache.json.12345.tmp").exists() and verify_cache(out) == []
 
 
 def test_bad_inputs_end_with_one_line(ref, tmp_path):

@@ -25,10 +25,10 @@ from salt_cache.cache.manifest import (
     CACHE_JSON, compatibility_problem, make_header, read_cache_json, refresh_manifest, write_cache_json,
 )
 from salt_cache.cache.source import ClipDataset, ClipItem, index_shard
-from salt_cache.checkpoint import file_sha256, load_encoder
-from salt_cache.shards import resolve_shards
 from salt_cache.cache.store import STORES_DIR, StoreWriter, clear_partial, read_done, store_name
+from salt_cache.checkpoint import file_sha256, load_encoder
 from salt_cache.errors import SaltCacheError
+from salt_cache.shards import resolve_shards
 from salt_cache.spec import CacheSpec, load_spec
 
 # a DataLoader that yields nothing for this long is treated as a hung decoder (decord can hang on
@@ -146,8 +146,18 @@ def _check_teacher(spec: CacheSpec, teacher: Path, config: dict) -> None:
         raise SaltCacheError(f"{teacher}: teacher expects {c} input channels, clips have 3")
 
 
-def _prepare_out(out: Path, header: dict) -> dict | None:
-    """The existing cache.json when resuming (checked against `header`), None for a new cache."""
+def _leftover(p: Path) -> bool:
+    """What a build killed before its first store can leave: an empty stores/ folder or a
+    half-written cache.json temporary file."""
+    if p.name == STORES_DIR and p.is_dir():
+        return not any(p.iterdir())
+    return p.name.startswith(f".{CACHE_JSON}.") and p.name.endswith(".tmp")
+
+
+def _prepare_out(out: Path, header: dict, rank: int) -> dict | None:
+    """The existing cache.json when resuming (checked against `header`), None for a new cache.
+    Every rank checks compatibility (so all refuse alike); rank 0 alone judges a folder without
+    cache.json, which other ranks may see while rank 0 is creating it."""
     if out.exists() and not out.is_dir():
         raise SaltCacheError(f"{out}: exists and is not a folder")
     if (out / CACHE_JSON).is_file():
@@ -156,7 +166,7 @@ def _prepare_out(out: Path, header: dict) -> dict | None:
         if why:
             raise SaltCacheError(f"{out}: cannot resume: {why}; use a new --out or delete it")
         return existing
-    if out.is_dir() and any(out.iterdir()):
+    if rank == 0 and out.is_dir() and any(not _leftover(p) for p in out.iterdir()):
         raise SaltCacheError(f"{out}: folder is not empty and holds no {CACHE_JSON}; refusing to build into it")
     return None
 
@@ -202,9 +212,11 @@ def build_cache(teacher: Path, data, spec: Path | str | CacheSpec, out: Path, ba
                       "batch_size": batch_size, "workers": workers, "world_size": dist.world}
         header = make_header(spec, teacher, file_sha256(teacher), ckpt["config"], ckpt.get("meta", {}),
                              shards, build_info)
-        existing = _prepare_out(out, header)  # every rank checks, so every rank refuses alike
+        existing = _prepare_out(out, header, dist.rank)
         if dist.rank == 0:
             (out / STORES_DIR).mkdir(parents=True, exist_ok=True)
+            for p in out.glob(f".{CACHE_JSON}.*.tmp"):  # from a process killed while writing cache.json
+                p.unlink(missing_ok=True)
             doc = header if existing is None else {**existing, "build": build_info, "versions": header["versions"]}
             doc.pop("summary", None)
             refresh_manifest(out, doc)
@@ -249,8 +261,7 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: dict, ba
 
     loader = DataLoader(
         ClipDataset(items, spec.clip, views, spec.seed), batch_size=None, shuffle=False,
-        num_workers=workers, prefetch_factor=4 if workers else None, pin_memory=dist.device.type == "cuda",
-        timeout=DECODE_TIMEOUT_S if workers else 0,
+        num_workers=workers, prefetch_factor=4 if workers else None, timeout=DECODE_TIMEOUT_S if workers else 0,
     )
     it = iter(loader)
     k, rows_built = 0, 0
