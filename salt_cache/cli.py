@@ -189,6 +189,8 @@ def verify(
     sample: int = typer.Option(8, help="Rows re-encoded with --teacher."),
     seed: int = typer.Option(0, help="Seed picking the re-encoded rows."),
     device: str = typer.Option("cpu", help="Device for re-encoding."),
+    digest: bool = typer.Option(True, help="Recompute each store's digest (reads every byte)."),
+    rows: bool = typer.Option(True, help="Check every row's checksum, finiteness and stats (reads every row)."),
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable report on stdout."),
 ):
     """Check a cache, cheapest checks first. Exit 0 when sound; exit 1 with one line per problem."""
@@ -198,7 +200,7 @@ def verify(
 
     with progress("rows") as bar:
         rep = run_verify(cache, data=data or None, teacher=teacher, sample=sample if teacher else 0, seed=seed,
-                         device=device, progress=bar)
+                         device=device, digest=digest, rows=rows, progress=bar)
     if json_out:
         typer.echo(json.dumps(rep.to_dict(), indent=2, default=str))
     else:

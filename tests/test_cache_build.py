@@ -140,6 +140,13 @@ def test_reader_api_pickles_and_reads_in_forked_workers(built):
         reader.read(RowRef("nope.zarr", 0, 0))
     with pytest.raises(SaltCacheError, match="unknown key"):
         reader.meta("no-such-clip")
+    # Stage 2 refuses a cache that does not fit its data or model, naming the mismatch
+    reader.require(grid=[2, 4, 4], tokens=TOKENS, teacher_dim=DIM, patch_size=8, frames=4, size=32,
+                   teacher_sha256=file_sha256(built["teacher"]))
+    with pytest.raises(SaltCacheError, match=r"cache has teacher_dim 96, expected 384$"):
+        reader.require(teacher_dim=384)
+    with pytest.raises(SaltCacheError, match=r"cache has grid \(2, 4, 4\), expected \(8, 14, 14\)"):
+        reader.require(grid=(8, 14, 14))
 
 
 def test_failed_clip_is_a_failed_row_and_shifts_nothing(built, demo, tmp_path):

@@ -61,6 +61,25 @@ class CacheReader:
         self._index: dict | None = None
         self._reset_handles()
 
+    def require(self, **expected) -> None:
+        """Refuse a cache that does not fit what the caller has: keyword arguments among grid,
+        tokens, teacher_dim, patch_size, tubelet_size, frames, size, teacher_sha256. Raises a
+        one-line SaltCacheError naming the first mismatch."""
+        have = {
+            "grid": tuple(self.grid), "tokens": self.tokens, "teacher_dim": self.teacher_dim,
+            "patch_size": self.spec.patch_size, "tubelet_size": self.spec.tubelet_size,
+            "frames": self.spec.clip.frames, "size": self.spec.clip.size,
+            "teacher_sha256": self.fingerprint.get("teacher", {}).get("sha256"),
+        }
+        for name, want in expected.items():
+            if name not in have:
+                raise TypeError(f"require(): unknown field {name!r} (expected one of {', '.join(have)})")
+            if want is None:
+                continue
+            want = tuple(want) if isinstance(want, (list, tuple)) else want
+            if have[name] != want:
+                raise SaltCacheError(f"{self.root}: cache has {name} {have[name]}, expected {want}")
+
     # ---- process-local state: never pickled, rebuilt after a fork -------------------------------
     def _reset_handles(self) -> None:
         self._pid = os.getpid()
