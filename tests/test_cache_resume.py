@@ -110,6 +110,18 @@ def test_resume_into_a_different_cache_is_refused(ref, tmp_path):
     # the same command on a finished cache does nothing and says so
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and "4 done of 4 (0 built now, 4 already done)" in res.output
+    # two builds never write into one cache at the same time: another process holds rank 0's lock
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.lockf(f, fcntl.LOCK_EX); "
+        "print('held', flush=True); time.sleep(60)"), str(ref["cache"] / ".build-rank0.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = runner.invoke(app, args)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.exit_code == 1 and "another build is writing into this cache (rank 0 lock is held)" in res.output
     # what a build killed before its first store leaves behind does not block the next one
     out = tmp_path / "early"
     (out / "stores").mkdir(parents=True)

@@ -146,12 +146,31 @@ def _check_teacher(spec: CacheSpec, teacher: Path, config: dict) -> None:
         raise SaltCacheError(f"{teacher}: teacher expects {c} input channels, clips have 3")
 
 
+def _lock(out: Path, rank: int):
+    """An exclusive advisory lock per rank (every build has a rank 0), so that two builds never
+    write the same stores: the second one is refused. A POSIX record lock: released when the
+    process dies and, unlike flock, not held on by forked DataLoader workers outliving it."""
+    import fcntl
+
+    f = open(out / f".build-rank{rank}.lock", "a")
+    try:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise SaltCacheError(f"{out}: another build is writing into this cache (rank {rank} lock is held)") from None
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
 def _leftover(p: Path) -> bool:
     """What a build killed before its first store can leave: an empty stores/ folder or a
     half-written cache.json temporary file."""
     if p.name == STORES_DIR and p.is_dir():
         return not any(p.iterdir())
-    return p.name.startswith(f".{CACHE_JSON}.") and p.name.endswith(".tmp")
+    return (p.name.startswith(f".{CACHE_JSON}.") and p.name.endswith(".tmp")) or \
+        (p.name.startswith(".build-rank") and p.name.endswith(".lock"))
 
 
 def _prepare_out(out: Path, header: dict, rank: int) -> dict | None:
@@ -200,7 +219,7 @@ def build_cache(teacher: Path, data, spec: Path | str | CacheSpec, out: Path, ba
         raise SaltCacheError(f"{teacher}: teacher checkpoint not found")
     shards = resolve_shards(data)
     dist = _init_dist(device)
-    threads = torch.get_num_threads()
+    threads, lock = torch.get_num_threads(), None
     if dist.device.type == "cpu":
         # decoding workers need cores too; an oversubscribed OpenMP pool can slow the forward 50x
         per_proc = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -215,14 +234,19 @@ def build_cache(teacher: Path, data, spec: Path | str | CacheSpec, out: Path, ba
         existing = _prepare_out(out, header, dist.rank)
         if dist.rank == 0:
             (out / STORES_DIR).mkdir(parents=True, exist_ok=True)
+            lock = _lock(out, dist.rank)
             for p in out.glob(f".{CACHE_JSON}.*.tmp"):  # from a process killed while writing cache.json
                 p.unlink(missing_ok=True)
             doc = header if existing is None else {**existing, "build": build_info, "versions": header["versions"]}
             doc.pop("summary", None)
             refresh_manifest(out, doc)
         dist.barrier()
+        if dist.rank != 0:
+            lock = _lock(out, dist.rank)
         return _run(model, spec, shards, out, header, batch_size, workers, dist, progress, t0)
     finally:
+        if lock is not None:
+            lock.close()  # closing the file releases the lock (so does the death of the process)
         torch.set_num_threads(threads)
         dist.close()
 
