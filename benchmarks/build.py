@@ -7,6 +7,8 @@
 - decode_clips_per_s:  decoding only (read, probe, plan, decode every view) through the same
                        DataLoader and workers as the build
 - bytes_per_row / fp32_bytes_per_row: on disk (all store files) vs raw fp32 latents
+- read_rows_per_s:     `CacheReader.read` of every row in random order, one process (what a
+                       Stage 2 DataLoader worker gets per process)
 
 Defaults run in about a minute on a CPU: 48 demo clips (generated into a temporary folder when
 --data is not given), the `demo` spec (2 views, 8 x 64 x 64 -> 256 tokens) and a randomly
@@ -51,7 +53,7 @@ def main(argv=None) -> dict:
 
     from torch.utils.data import DataLoader
 
-    from salt_cache.cache import build_cache, describe_cache
+    from salt_cache.cache import CacheReader, build_cache, describe_cache
     from salt_cache.cache.build import _encode, _resolve_device
     from salt_cache.cache.source import ClipDataset, ClipItem, index_shard
     from salt_cache.checkpoint import load_encoder, save_encoder
@@ -113,6 +115,16 @@ def main(argv=None) -> dict:
         forward_s = time.perf_counter() - t
         views_per_clip = spec.views
 
+        # 4. random single-row reads through the reader
+        reader = CacheReader(out)
+        refs = [r for k in reader.keys() for r in reader.rows(k)]
+        order = torch.randperm(len(refs), generator=torch.Generator().manual_seed(0)).tolist()
+        reader.read(refs[0])  # opens the store handles
+        t = time.perf_counter()
+        for i in order:
+            reader.read(refs[i])
+        read_s = time.perf_counter() - t
+
     result = {
         "benchmark": "build",
         "spec": spec.name, "grid": list(spec.grid), "tokens": spec.tokens, "views": spec.views,
@@ -124,6 +136,7 @@ def main(argv=None) -> dict:
         "build_s": round(build_s, 3), "build_clips_per_s": round(clips / build_s, 2),
         "forward_s": round(forward_s, 3), "forward_clips_per_s": round(len(decoded) / views_per_clip / forward_s, 2),
         "decode_s": round(decode_s, 3), "decode_clips_per_s": round(len(items) / decode_s, 2),
+        "read_rows_per_s": round(len(refs) / read_s, 1),
         "bytes_on_disk": report["bytes"]["on_disk"], "bytes_per_row": round(report["bytes"]["bytes_per_row"], 1),
         "fp32_bytes_per_row": report["bytes"]["fp32_bytes_per_row"],
         "ratio_vs_fp32": round(report["bytes"]["ratio_vs_fp32"], 4),

@@ -291,8 +291,9 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: dict, ba
     k, rows_built = 0, 0
     for pos, i in enumerate(pending):
         t_store = time.time()
-        attrs = {"shard": shards[i].name, "shard_index": i, "shard_path": str(shards[i].resolve()),
-                 "cache_id": header["cache_id"], "views": views, "grid": list(spec.grid),
+        # nothing machine- or path-specific: a store's bytes depend only on data, spec, teacher
+        attrs = {"shard": shards[i].name, "shard_index": i, "cache_id": header["cache_id"],
+                 "views": views, "grid": list(spec.grid),
                  "tokens": spec.tokens, "dim": dim, "dtype": spec.storage.dtype}
         w = StoreWriter(root / store_name(i, shards[i]), len(samples[i]) * views, spec.tokens, dim,
                         spec.storage, attrs)
