@@ -1,0 +1,332 @@
+"""The training data pipeline, shared by both stages; only the per-sample stage differs.
+
+Pipeline of one data *split* (one DataLoader worker of one rank), a pure function of
+(seed, split, number of splits):
+
+    shards --shuffle per epoch (seed, epoch), take shards[split::n_splits]
+           --read tar samples (webdataset)           Sample(key, video bytes, meta), no decode
+           --shuffle buffer (seed, split, epoch)     holds compressed bytes only
+           --skip what a resumed run already consumed (cheap: nothing is decoded)
+           --per-sample stage (pluggable)            dict of tensors, or None to skip
+           --batch + multi-block masks               seed = mask_seed(seed, split, batch index)
+
+`split = rank * workers + worker`, `n_splits = world_size * workers`: shards are split by node
+and by worker at once. Epochs never mix: the buffer drains at the end of an epoch and a batch may
+span two epochs. Because the streams depend on the split id only, 1 process x 2 workers x
+grad_accum 2 sees exactly the batches of 2 processes x 1 worker x grad_accum 1.
+
+Per-sample stage (the plug-in point)
+------------------------------------
+    stage(sample: Sample, ctx: StageContext) -> dict | None
+
+`ctx.epoch` counts passes over this split's shards (0 in validation); `ctx.train` is False for
+validation, where the stage must be deterministic (fixed view). The returned dict must hold
+"clip": float32 [C, T, H, W] (normalized, as `decode_view` returns it) and may add any field:
+tensors are stacked along a new batch dimension, anything else is collected in a list. Return
+None to skip the sample (counted, reported in the batch as "skipped"). Stages are copied into
+every DataLoader worker: open files or stores lazily on first call, not in `__init__`.
+Stage 1 plugs `PlanAndDecode`; Stage 2 plugs a cache join (rows by key -> pick a view ->
+decode at that row's view -> latents).
+
+Batch dict (what `TrainData.next()` and `ValSet.batch(i)` return)
+-----------------------------------------------------------------
+    "clip":     float32 [B, C, T, H, W]
+    "keys":     list[str] of B clip keys
+    "masks":    [(context_idx int64 [B, Nc], target_idx int64 [B, Nt]) per mask set]
+    "skipped":  int, samples the stage skipped while this batch was built
+    "position": {"split", "epoch", "consumed", "batches"} of the split after this batch
+    + every field the stage added, e.g. "view": list[dict], "latents": [B, N, D]
+
+Exact resume: the trainer records, per split, the position carried by the last batch it
+consumed (batches prefetched but not consumed are simply produced again), plus how many batches
+it consumed in all, which fixes the worker rotation of the DataLoader's round-robin.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from salt_cache.errors import DecodeError, SaltCacheError
+from salt_cache.masks import MaskSet, mask_seed, multiblock_masks
+from salt_cache.shards import video_of
+from salt_cache.video import ClipSpec, VideoInfo, decode_view, plan_view, probe_video
+
+VAL_SPLIT = -1  # mask seeds of validation batches: mask_seed(seed, VAL_SPLIT, batch index)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One shard sample before decoding: key, the compressed video bytes, the json record."""
+
+    key: str
+    video: bytes
+    meta: dict
+
+
+@dataclass(frozen=True)
+class StageContext:
+    epoch: int
+    train: bool
+
+
+class SampleStage(Protocol):
+    def __call__(self, sample: Sample, ctx: StageContext) -> dict | None: ...
+
+
+def video_info(sample: Sample) -> VideoInfo:
+    """The probed video info stored in the shard's json (probe the bytes if it is missing)."""
+    m = sample.meta
+    if all(k in m for k in ("frames", "fps", "height", "width")):
+        return VideoInfo(frames=int(m["frames"]), fps=float(m["fps"]), height=int(m["height"]), width=int(m["width"]))
+    return probe_video(sample.video, key=sample.key)
+
+
+class PlanAndDecode:
+    """Stage 1's sample stage: plan a view and decode it.
+
+    Training: view index = epoch, so every pass over the data draws a new (deterministic) crop
+    and start frame. Validation: view 0 with a center crop."""
+
+    def __init__(self, clip: ClipSpec, seed: int):
+        self.clip = clip
+        self.val_clip = replace(clip, crop="center")
+        self.seed = seed
+
+    def __call__(self, sample: Sample, ctx: StageContext) -> dict | None:
+        try:
+            info = video_info(sample)
+            spec = self.clip if ctx.train else self.val_clip
+            view = plan_view(sample.key, ctx.epoch if ctx.train else 0, self.seed, info, spec)
+            clip = decode_view(sample.video, view)
+        except DecodeError:
+            return None  # counted by the batcher; shards were probed, so this is rare
+        return {"clip": clip, "view": view.to_dict()}
+
+
+# ---------------------------------------------------------------- the per-split sample stream
+
+def epoch_shards(shards: list[Path], seed: int, epoch: int, split: int, n_splits: int) -> list[Path]:
+    order = np.random.default_rng([seed, epoch, 0x5A]).permutation(len(shards))
+    return [shards[i] for i in order[split::n_splits]]
+
+
+def read_samples(shards: list[Path]) -> Iterator[Sample]:
+    """Samples of the shards in order, video bytes untouched."""
+    import webdataset as wds
+
+    pipeline = wds.DataPipeline(wds.SimpleShardList([str(p) for p in shards]), wds.tarfile_to_samples())
+    try:
+        for s in pipeline:
+            meta = json.loads(s["json"]) if "json" in s else {}
+            yield Sample(key=s["__key__"], video=video_of(s)[1], meta=meta)
+    except (OSError, ValueError) as e:
+        raise SaltCacheError(f"unreadable shard among {', '.join(p.name for p in shards)} ({e})") from None
+
+
+def shuffle_buffer(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
+    """Reservoir-style shuffle holding at most `size` items; drains fully at the end."""
+    buf = []
+    for x in items:
+        if len(buf) < size:
+            buf.append(x)
+            continue
+        i = int(rng.integers(size))
+        yield buf[i]
+        buf[i] = x
+    for i in rng.permutation(len(buf)):
+        yield buf[i]
+
+
+def split_samples(shards: list[Path], seed: int, split: int, n_splits: int, buffer: int,
+                  epoch: int = 0, consumed: int = 0) -> Iterator[tuple[int, int, Sample]]:
+    """(epoch, samples consumed in that epoch, sample), forever, starting after `consumed`
+    samples of `epoch`. The skipped samples are read but never decoded."""
+    while True:
+        rng = np.random.default_rng([seed, split, epoch, 0xB0])
+        stream = shuffle_buffer(read_samples(epoch_shards(shards, seed, epoch, split, n_splits)), buffer, rng)
+        n = 0
+        for n, sample in enumerate(stream, start=1):
+            if n > consumed:
+                yield epoch, n, sample
+        if n == 0:
+            raise SaltCacheError(f"data split {split}: its shards hold no samples")
+        epoch, consumed = epoch + 1, 0
+
+
+def collate(items: list[dict]) -> dict:
+    """Stage outputs -> batch: tensors stacked on a new dim 0, anything else listed."""
+    out = {}
+    for k in items[0]:
+        vals = [it[k] for it in items]
+        out[k] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out
+
+
+class TrainStream(IterableDataset):
+    """The batches of every split this process's DataLoader workers serve (see module doc)."""
+
+    def __init__(self, shards: list[Path], stage: SampleStage, batch_size: int, grid, mask_sets: tuple[MaskSet, ...],
+                 seed: int, rank: int, world_size: int, workers: int, shuffle_buffer: int,
+                 positions: dict[int, dict] | None = None, rotation: int = 0):
+        super().__init__()
+        self.shards, self.stage, self.batch_size, self.grid = list(shards), stage, batch_size, tuple(grid)
+        self.mask_sets, self.seed, self.rank, self.world_size = tuple(mask_sets), seed, rank, world_size
+        self.workers, self.buffer = max(1, workers), shuffle_buffer
+        self.positions, self.rotation = dict(positions or {}), rotation
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        split = self.rank * self.workers + (worker + self.rotation) % self.workers
+        return self.batches(split, self.world_size * self.workers)
+
+    def batches(self, split: int, n_splits: int) -> Iterator[dict]:
+        pos = {"epoch": 0, "consumed": 0, "batches": 0, **self.positions.get(split, {})}
+        items, keys, skipped, last_ok_epoch = [], [], 0, pos["epoch"]
+        for epoch, consumed, sample in split_samples(self.shards, self.seed, split, n_splits, self.buffer,
+                                                     pos["epoch"], pos["consumed"]):
+            out = self.stage(sample, StageContext(epoch=epoch, train=True))
+            if out is None:
+                skipped += 1
+                if epoch > last_ok_epoch + 1:
+                    raise SaltCacheError(f"data split {split}: the sample stage skipped every sample of a whole epoch")
+                continue
+            last_ok_epoch = epoch
+            items.append(out)
+            keys.append(sample.key)
+            if len(items) < self.batch_size:
+                continue
+            batch = collate(items)
+            batch["keys"] = keys
+            batch["masks"] = multiblock_masks(self.batch_size, self.grid, self.mask_sets,
+                                              seed=mask_seed(self.seed, split, pos["batches"]))
+            pos = {"epoch": epoch, "consumed": consumed, "batches": pos["batches"] + 1}
+            batch["skipped"] = skipped
+            batch["position"] = {"split": split, **pos}
+            yield batch
+            items, keys, skipped = [], [], 0
+
+
+class TrainData:
+    """This rank's training batches: DataLoader over `TrainStream`, data-wait timing, skip
+    counts and the data position for checkpoints.
+
+    state: what `state()` returned in the checkpoint being resumed (None for a fresh run)."""
+
+    def __init__(self, shards: list[Path], stage: SampleStage, *, batch_size: int, grid, mask_sets, seed: int,
+                 rank: int, world_size: int, workers: int, shuffle_buffer: int, pin_memory: bool = False,
+                 state: dict | None = None):
+        n_splits = world_size * max(1, workers)
+        if len(shards) < n_splits:
+            raise SaltCacheError(
+                f"{len(shards)} train shards cannot feed {n_splits} data splits (world size {world_size} x "
+                f"{max(1, workers)} workers); use fewer workers or more, smaller shards")
+        state = state or {}
+        self.workers = workers
+        self.consumed_batches = int(state.get("consumed_batches", 0))
+        self.positions = {int(k): dict(v) for k, v in state.get("splits", {}).items()}
+        stream = TrainStream(shards, stage, batch_size, grid, mask_sets, seed, rank, world_size, workers,
+                             shuffle_buffer, positions=self.positions,
+                             rotation=self.consumed_batches % max(1, workers))
+        # own generator: creating the loader must not draw from the global torch RNG (exact resume)
+        self.loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                                 generator=torch.Generator(), prefetch_factor=4 if workers else None)
+        self._it = iter(self.loader)
+        self.wait_s = 0.0
+        self.skipped = 0
+
+    def next(self) -> dict:
+        t0 = time.perf_counter()
+        try:
+            batch = next(self._it)
+        except SaltCacheError as e:
+            raise SaltCacheError(worker_error_line(str(e))) from None
+        self.wait_s += time.perf_counter() - t0
+        self.consumed_batches += 1
+        p = batch["position"]
+        self.positions[int(p["split"])] = {k: int(p[k]) for k in ("epoch", "consumed", "batches")}
+        self.skipped += int(batch["skipped"])
+        return batch
+
+    def take_stats(self) -> tuple[float, int]:
+        """(seconds waited on the loader, samples skipped) since the last call."""
+        out = (self.wait_s, self.skipped)
+        self.wait_s, self.skipped = 0.0, 0
+        return out
+
+    def state(self) -> dict:
+        """Plain record of this rank's data position (stored per rank in run checkpoints)."""
+        return {"workers": self.workers, "consumed_batches": self.consumed_batches,
+                "splits": {str(k): dict(v) for k, v in sorted(self.positions.items())}}
+
+    def close(self) -> None:
+        self._it = None
+        self.loader = None
+
+
+def worker_error_line(text: str) -> str:
+    """A SaltCacheError re-raised by a DataLoader worker carries the worker's traceback; keep the
+    one line the user needs."""
+    prefix = "SaltCacheError: "
+    for line in reversed(text.strip().splitlines()):
+        if prefix in line:
+            return line.split(prefix, 1)[1]
+    return text.strip().splitlines()[-1] if text.strip() else text
+
+
+# ---------------------------------------------------------------- validation
+
+class ValSet:
+    """A fixed held-out set: the first `batches x batch_size` samples of the val shards, in shard
+    order, kept compressed; batch i is decoded on demand with the stage in validation mode and
+    masks seeded by (seed, VAL_SPLIT, i), so every evaluation sees identical inputs."""
+
+    def __init__(self, shards: list[Path], stage: SampleStage, batch_size: int, batches: int, grid,
+                 mask_sets: tuple[MaskSet, ...], seed: int):
+        self.stage, self.batch_size, self.grid = stage, batch_size, tuple(grid)
+        self.mask_sets, self.seed = tuple(mask_sets), seed
+        want = batch_size * batches
+        self.samples: list[Sample] = []
+        for s in read_samples(shards):
+            if len(self.samples) >= want:
+                break
+            self.samples.append(s)
+        if not self.samples and batches:
+            raise SaltCacheError(f"validation shards {', '.join(p.name for p in shards)} hold no samples")
+
+    def __len__(self) -> int:
+        return (len(self.samples) + self.batch_size - 1) // self.batch_size
+
+    def batch(self, i: int) -> dict | None:
+        """Validation batch i (None if the stage skipped all of its samples)."""
+        chunk = self.samples[i * self.batch_size:(i + 1) * self.batch_size]
+        ctx = StageContext(epoch=0, train=False)
+        pairs = [(s.key, self.stage(s, ctx)) for s in chunk]
+        pairs = [(k, o) for k, o in pairs if o is not None]
+        if not pairs:
+            return None
+        batch = collate([o for _, o in pairs])
+        batch["keys"] = [k for k, _ in pairs]
+        batch["masks"] = multiblock_masks(len(pairs), self.grid, self.mask_sets, seed=mask_seed(self.seed, VAL_SPLIT, i))
+        batch["skipped"] = len(chunk) - len(pairs)
+        return batch
+
+
+def to_device(obj, device: torch.device, non_blocking: bool = False):
+    """Move every tensor inside a batch (dicts, lists, tuples) to `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device, non_blocking) for v in obj)
+    return obj
+

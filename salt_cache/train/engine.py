@@ -1,0 +1,143 @@
+"""One optimizer step, one evaluation, and the running averages behind log rows.
+
+A stage's model is an `nn.Module` whose `forward(batch) -> (loss, per_set)` takes a batch dict
+(see `salt_cache.train.data`) already on the device and returns the scalar loss and a 1-D
+tensor of per-mask-set losses. The engine never looks inside it, so Stage 1 and Stage 2 share
+everything here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from salt_cache.errors import SaltCacheError
+from salt_cache.train import dist
+from salt_cache.train.data import ValSet, to_device
+from salt_cache.train.optim import clip_gradients
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked; full precision on CPU (exact, reproducible)."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class StepResult:
+    loss: float
+    per_set: list[float]
+    grad_norm: float
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, fetch: Callable[[], dict], *, accum: int,
+               params: list[nn.Parameter], clip_grad: float | None, env: dist.DistEnv, bf16: bool,
+               step: int) -> StepResult:
+    """Forward/backward `accum` micro-batches (from `fetch()`, on the device), clip, step.
+
+    Under DDP, gradients are synchronized on the last micro-batch only. The returned losses are
+    the mean over micro-batches and ranks; the gradient norm is measured before clipping."""
+    model.train()
+    total = None
+    for i in range(accum):
+        batch = fetch()
+        sync = i == accum - 1
+        no_sync = model.no_sync() if env.distributed and not sync and hasattr(model, "no_sync") else contextlib.nullcontext()
+        with no_sync:
+            with autocast(env.device, bf16):
+                loss, per_set = model(batch)
+            (loss / accum).backward()
+        values = torch.cat((loss.detach().float().reshape(1), per_set.detach().float().reshape(-1))).cpu()
+        total = values if total is None else total + values
+    grad_norm = clip_gradients(params, clip_grad)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    total = dist.all_reduce_sum(total / accum, env).double() / env.world_size
+    if not math.isfinite(float(total[0])):
+        raise SaltCacheError(f"step {step + 1}: the loss is {float(total[0])}; lower optim.lr or check the data")
+    return StepResult(loss=float(total[0]), per_set=[float(v) for v in total[1:]], grad_norm=grad_norm)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, val: ValSet, env: dist.DistEnv, bf16: bool) -> tuple[float, list[float]] | None:
+    """Sample-weighted mean loss (and per-set losses) over the fixed validation set.
+
+    Batch i runs on rank i % world_size and the sums are reduced, so the number does not depend
+    on the number of processes. Pass the bare model (not the DDP wrapper)."""
+    was_training = model.training
+    model.eval()
+    sums = None
+    for i in range(env.rank, len(val), env.world_size):
+        batch = val.batch(i)
+        if batch is None:
+            continue
+        n = len(batch["keys"])
+        with autocast(env.device, bf16):
+            loss, per_set = model(to_device(batch, env.device))
+        values = torch.cat((loss.float().reshape(1), per_set.float().reshape(-1), torch.ones(1, device=loss.device))).cpu().double() * n
+        sums = values if sums is None else sums + values
+    if sums is None:
+        sums = torch.zeros(2 + len(val.mask_sets), dtype=torch.float64)
+    sums = dist.all_reduce_sum(sums, env).double()
+    model.train(was_training)
+    if float(sums[-1]) == 0:
+        return None
+    mean = sums[:-1] / sums[-1]
+    return float(mean[0]), [float(v) for v in mean[1:]]
+
+
+class Interval:
+    """Averages between two log rows. The sums are part of the run state, so a run resumed
+    between two rows writes the same next row as a run that never stopped."""
+
+    def __init__(self, set_names: list[str]):
+        self.set_names = list(set_names)
+        self.reset()
+        self.restart_clock()
+
+    def reset(self) -> None:
+        self.n, self.loss, self.grad_norm = 0, 0.0, 0.0
+        self.per_set = [0.0] * len(self.set_names)
+
+    def restart_clock(self) -> None:
+        self.t0 = time.perf_counter()
+        self.samples, self.wait_s, self.skipped = 0, 0.0, 0
+
+    def add(self, r: StepResult, samples: int) -> None:
+        self.n += 1
+        self.loss += r.loss
+        self.grad_norm += r.grad_norm
+        self.per_set = [a + b for a, b in zip(self.per_set, r.per_set)]
+        self.samples += samples
+
+    def row(self, step: int, lr: float, wd: float, wait_s: float, skipped: int) -> dict:
+        """The log row for `step`; resets the averages and the clock."""
+        self.wait_s += wait_s
+        self.skipped += skipped
+        wall = max(time.perf_counter() - self.t0, 1e-9)
+        n = max(self.n, 1)
+        row = {"step": step, "loss": self.loss / n}
+        row.update({f"loss_{name}": v / n for name, v in zip(self.set_names, self.per_set)})
+        row.update({"lr": lr, "wd": wd, "grad_norm": self.grad_norm / n, "samples_per_s": self.samples / wall,
+                    "data_wait_frac": min(1.0, self.wait_s / wall), "skipped": self.skipped})
+        self.reset()
+        self.restart_clock()
+        return row
+
+    def state(self) -> dict:
+        return {"n": self.n, "loss": self.loss, "grad_norm": self.grad_norm, "per_set": list(self.per_set)}
+
+    def load_state(self, s: dict) -> None:
+        self.n, self.loss, self.grad_norm = int(s["n"]), float(s["loss"]), float(s["grad_norm"])
+        self.per_set = [float(v) for v in s["per_set"]]
+
+    def columns(self) -> list[str]:
+        return (["step", "loss"] + [f"loss_{n}" for n in self.set_names]
+                + ["lr", "wd", "grad_norm", "samples_per_s", "data_wait_frac", "skipped"])

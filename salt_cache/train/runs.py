@@ -1,0 +1,251 @@
+"""Run folders, run-state checkpoints and exact resume.
+
+RUN/
+  config.yaml                  the resolved config (every default written out)
+  log.csv                      one row every log_every steps (see `engine.Interval.columns`)
+  val.csv                      step, val_loss, val_loss_<set> every val_every steps
+  checkpoints/step-NNNNNNN.pt  run state every ckpt_every steps (and at the end / at --stop-at)
+  checkpoints/last.pt          the newest run state
+  pictures/, teacher.pt, ...   what the stage adds
+
+A run-state checkpoint is a plain dict (tensors, dicts, lists, numbers, strings) loadable with
+`torch.load(weights_only=True)`:
+  {"format": "salt-cache", "version": 1, "kind": "run-state", "stage": "teacher" | ...,
+   "step": int, "config": plain config, "encoder_config": ViTConfig dict,
+   "models": {"encoder": state_dict, <other>: state_dict}, "model_configs": {<other>: dict},
+   "optimizer": state_dict, "interval": log averages,
+   "ranks": [{"rng": {...}, "data": TrainData.state()} for each rank], "meta": {...}}
+"models"["encoder"] is always the network the stage exists to train (the teacher in Stage 1,
+the student in Stage 2), so `load_run_encoder` works on every stage's checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import yaml
+
+from salt_cache.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, load_checkpoint, load_encoder
+from salt_cache.errors import SaltCacheError
+from salt_cache.models import VideoViT, ViTConfig
+from salt_cache.train import dist
+from salt_cache.train.config import config_diff, load_run_config, plain
+
+CKPT_PATTERN = "step-{:07d}.pt"
+
+
+def resolve_config(cls: type, out: Path, config_path: Path | None, resume: bool, flags: dict | None = None,
+                   sets: list[str] | None = None):
+    """The config of a run: --config YAML, or on --resume without one the run's own
+    config.yaml; then explicit flags and --set overrides on top."""
+    base = None
+    if config_path is None and resume:
+        stored = Path(out) / "config.yaml"
+        if not stored.is_file():
+            raise SaltCacheError(f"{out}: nothing to resume (no config.yaml in this folder)")
+        base = yaml.safe_load(stored.read_text()) or {}
+    return load_run_config(cls, config_path, flags=flags, sets=sets, base=base)
+
+
+def rng_state() -> dict:
+    """Every global RNG of this process, as plain data."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_state[0], "keys": [int(k) for k in np_state[1]], "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "internal": list(py_state[1]), "gauss_next": py_state[2]},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Run:
+    """A run folder seen from one rank. Only rank 0 writes; every rank reads the checkpoint.
+
+    After `Run(...)`: `self.state` is the checkpoint being resumed (None for a fresh run) and
+    `self.step` the step to start from."""
+
+    def __init__(self, out: Path, config, env: dist.DistEnv, stage: str, log_columns: list[str],
+                 val_columns: list[str], resume: bool = False):
+        self.dir, self.config, self.env, self.stage = Path(out), config, env, stage
+        self.ckpt_dir = self.dir / "checkpoints"
+        self.log_path, self.val_path = self.dir / "log.csv", self.dir / "val.csv"
+        self.log_columns, self.val_columns = list(log_columns), list(val_columns)
+        self.state: dict | None = None
+        self.step = 0
+        last = self.ckpt_dir / "last.pt"
+        if resume:
+            if not last.is_file():
+                raise SaltCacheError(f"{self.dir}: nothing to resume (no checkpoints/last.pt)")
+            self.state = self._check(load_checkpoint(last, kind="run-state"), last)
+            self.step = int(self.state["step"])
+        elif last.is_file() or self.log_path.is_file():
+            raise SaltCacheError(f"{self.dir}: holds a run already; pass --resume to continue it or choose another --out")
+        dist.barrier(env)  # every rank has checked the folder before rank 0 writes to it
+        if env.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.yaml").write_text(yaml.safe_dump(plain(config), sort_keys=False))
+            _start_csv(self.log_path, self.log_columns, self.step)
+            _start_csv(self.val_path, self.val_columns, self.step)
+
+    def _check(self, ckpt: dict, path: Path) -> dict:
+        if ckpt.get("stage") != self.stage:
+            raise SaltCacheError(f"{path}: a {ckpt.get('stage')!r} run, not a {self.stage!r} run")
+        diff = config_diff(ckpt["config"], plain(self.config))
+        if diff:
+            raise SaltCacheError(f"{path}: config differs from the run's at {diff} (checkpoint vs now); "
+                                 "resume with the run's own config")
+        saved_world = len(ckpt["ranks"])
+        if saved_world != self.env.world_size:
+            raise SaltCacheError(f"{path}: saved by {saved_world} process(es), resumed with {self.env.world_size}; "
+                                 "resume with the same world size")
+        return ckpt
+
+    # ---------------------------------------------------------------- resume
+
+    def restore(self, models: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Load model and optimizer states from the resumed checkpoint (no-op for a fresh run)."""
+        if self.state is None:
+            return
+        for name, module in models.items():
+            module.load_state_dict(self.state["models"][name])
+        if optimizer is not None:
+            optimizer.load_state_dict(self.state["optimizer"])
+
+    def data_state(self) -> dict | None:
+        """This rank's data position in the resumed checkpoint."""
+        return None if self.state is None else self.state["ranks"][self.env.rank]["data"]
+
+    def restore_rng(self) -> None:
+        """Restore this rank's RNGs; call last, after building models and loaders."""
+        if self.state is not None:
+            set_rng_state(self.state["ranks"][self.env.rank]["rng"])
+
+    # ---------------------------------------------------------------- writing
+
+    def log(self, row: dict) -> None:
+        if self.env.is_main:
+            _append_csv(self.log_path, self.log_columns, row)
+
+    def log_val(self, row: dict) -> None:
+        if self.env.is_main:
+            _append_csv(self.val_path, self.val_columns, row)
+
+    def save(self, step: int, models: dict[str, nn.Module], optimizer: torch.optim.Optimizer, data_state: dict,
+             interval: dict, model_configs: dict | None = None, meta: dict | None = None) -> Path | None:
+        """Write checkpoints/step-NNNNNNN.pt and last.pt (collective: every rank must call it)."""
+        ranks = dist.all_gather_objects({"rng": rng_state(), "data": data_state}, self.env)
+        if not self.env.is_main:
+            return None
+        state = {
+            "format": FORMAT, "version": FORMAT_VERSION, "kind": "run-state", "stage": self.stage,
+            "step": int(step), "config": plain(self.config),
+            "encoder_config": models["encoder"].config.to_dict(),
+            "models": {k: _cpu_state(m) for k, m in models.items()},
+            "model_configs": plain(model_configs or {}),
+            "optimizer": _cpu(optimizer.state_dict()), "interval": interval,
+            "ranks": [_cpu(r) for r in ranks], "meta": plain(meta or {}),
+        }
+        path = self.ckpt_dir / CKPT_PATTERN.format(step)
+        atomic_save(state, path)
+        atomic_save(state, self.ckpt_dir / "last.pt")
+        return path
+
+    def picture_path(self, step: int) -> Path:
+        return self.dir / "pictures" / CKPT_PATTERN.format(step).replace(".pt", ".png")
+
+
+def _cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+def _cpu_state(module: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _fmt(v) -> str:
+    # repr keeps every bit of a float: resumed and uninterrupted logs compare exactly
+    return repr(float(v)) if isinstance(v, float) else str(v)
+
+
+def _start_csv(path: Path, columns: list[str], keep_through: int) -> None:
+    """Write the header, keeping the rows of steps <= keep_through when resuming (a run that
+    stopped after its last checkpoint logged steps that the resumed run logs again)."""
+    rows = []
+    if keep_through > 0 and path.is_file():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_through]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, "") for c in columns})
+
+
+def _append_csv(path: Path, columns: list[str], row: dict) -> None:
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=columns).writerow({c: _fmt(row[c]) for c in columns})
+
+
+def read_log(path: Path) -> list[dict]:
+    """log.csv / val.csv rows as dicts of floats (step as int)."""
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "step" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def run_checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every step checkpoint of a run folder, by step."""
+    found = []
+    for p in (Path(run) / "checkpoints").glob("step-*.pt"):
+        m = re.fullmatch(r"step-(\d+)\.pt", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def load_run_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[VideoViT, dict]:
+    """Any run checkpoint (or a run folder: its checkpoints/last.pt, or an encoder checkpoint)
+    -> (encoder in eval mode on `device`, meta). meta: kind, stage, step, run, config (the run's),
+    plus the checkpoint's own meta (e.g. the last validation loss)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") == "encoder":
+        model, info = load_encoder(path, device)
+        return model, {"kind": "encoder", "config": info.get("config"), **info.get("meta", {})}
+    if ckpt.get("kind") != "run-state":
+        raise SaltCacheError(f"{path}: holds a {ckpt.get('kind')!r} checkpoint, expected a run state or an encoder")
+    try:
+        model = VideoViT(ViTConfig.from_dict(ckpt["encoder_config"]))
+        model.load_state_dict(ckpt["models"]["encoder"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise SaltCacheError(f"{path}: run checkpoint has no usable encoder ({str(e).splitlines()[0][:160]})") from None
+    meta = {"kind": "run-state", "stage": ckpt.get("stage"), "step": int(ckpt["step"]), "run": str(path.parent.parent),
+            "config": ckpt.get("config"), **ckpt.get("meta", {})}
+    return model.to(device).eval(), meta

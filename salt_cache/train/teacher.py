@@ -1,0 +1,285 @@
+"""Stage 1, V-Pixel: train the teacher by pixel reconstruction under multi-block masks.
+
+The encoder sees the context tokens of a mask set only (gathered right after the patch
+embedding, with their true 3D positions); a narrow decoder (`Predictor`) puts mask tokens at the
+target positions and predicts their pixels. MSE on target tokens, averaged over the mask sets.
+
+Target (VideoMAE's norm_pix_loss): the clip is first mapped back to [0, 1] pixels (decode_view
+returns it ImageNet-normalized), cut into tubelet patches (tubelet x patch x patch), and each
+patch is normalized per channel by its own mean and (unbiased) std, + 1e-6. Since a per-channel
+affine map commutes with this normalization, un-normalizing first only matters through the eps;
+we do it, as VideoMAE does, so the eps means what it means there. A patch's values are flattened
+pixel-major, channel-minor: [(t, y, x), c].
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from salt_cache.checkpoint import save_encoder
+from salt_cache.console import console, progress, write_json
+from salt_cache.errors import SaltCacheError
+from salt_cache.models import Predictor, VideoViT
+from salt_cache.shards import resolve_shards
+from salt_cache.train import dist
+from salt_cache.train.config import TrainConfig, plain
+from salt_cache.train.data import PlanAndDecode, TrainData, ValSet, to_device
+from salt_cache.train.engine import Interval, evaluate, train_step
+from salt_cache.train.optim import make_optimizer, set_schedule
+from salt_cache.train.runs import Run
+
+STAGE = "teacher"
+EPS = 1e-6
+
+
+@dataclass
+class DecoderConfig:
+    """The pixel decoder (VideoMAE's is 384 wide, 4 deep, 6 heads)."""
+
+    embed_dim: int = 384
+    depth: int = 4
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise SaltCacheError(f"embed_dim: {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.depth < 1:
+            raise SaltCacheError(f"depth: expected >= 1, got {self.depth}")
+
+
+@dataclass
+class TeacherConfig(TrainConfig):
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    norm_pix: bool = True  # per-patch, per-channel target normalization (VideoMAE)
+
+
+# ---------------------------------------------------------------- target and loss
+
+def patchify(clip: torch.Tensor, patch: int, tubelet: int) -> torch.Tensor:
+    """[B, C, T, H, W] -> [B, N, tubelet * patch * patch, C], tokens in the encoder's (t, h, w) order."""
+    b, c, t, h, w = clip.shape
+    x = clip.reshape(b, c, t // tubelet, tubelet, h // patch, patch, w // patch, patch)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)
+    return x.reshape(b, -1, tubelet * patch * patch, c)
+
+
+def unpatchify(patches: torch.Tensor, grid, patch: int, tubelet: int) -> torch.Tensor:
+    """Inverse of `patchify`: [B, N, tubelet * patch * patch, C] -> [B, C, T, H, W]."""
+    b, _, _, c = patches.shape
+    gt, gh, gw = grid
+    x = patches.reshape(b, gt, gh, gw, tubelet, patch, patch, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return x.reshape(b, c, gt * tubelet, gh * patch, gw * patch)
+
+
+def unnormalize(clip: torch.Tensor, mean, std) -> torch.Tensor:
+    """decode_view's normalized clip [B, C, T, H, W] -> pixels in [0, 1]."""
+    m = torch.as_tensor(mean, dtype=clip.dtype, device=clip.device).view(1, -1, 1, 1, 1)
+    s = torch.as_tensor(std, dtype=clip.dtype, device=clip.device).view(1, -1, 1, 1, 1)
+    return clip * s + m
+
+
+def patch_stats(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch, per-channel mean and std + EPS of [..., P, C] -> each [..., 1, C]."""
+    return patches.mean(dim=-2, keepdim=True), patches.var(dim=-2, unbiased=True, keepdim=True).sqrt() + EPS
+
+
+def pixel_targets(clip: torch.Tensor, mean, std, patch: int, tubelet: int, norm_pix: bool = True) -> torch.Tensor:
+    """Normalized clip [B, C, T, H, W] -> V-Pixel targets [B, N, tubelet * patch * patch * C]."""
+    x = patchify(unnormalize(clip.float(), mean, std), patch, tubelet)
+    if norm_pix:
+        m, s = patch_stats(x)
+        x = (x - m) / s
+    return x.flatten(2)
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [B, N, ...] at indices idx [B, K] -> [B, K, ...]."""
+    shape = idx.shape + x.shape[2:]
+    return torch.gather(x, 1, idx.reshape(*idx.shape, *([1] * (x.dim() - 2))).expand(shape))
+
+
+class VPixel(nn.Module):
+    """Encoder + pixel decoder. forward(batch) -> (loss, per-set losses [n_sets]).
+
+    batch: {"clip": [B, C, T, H, W] normalized, "masks": [(ctx_idx [B, Nc], tgt_idx [B, Nt]), ...]}."""
+
+    def __init__(self, encoder: VideoViT, decoder: Predictor, mean, std, norm_pix: bool = True):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+        self.mean, self.std, self.norm_pix = tuple(mean), tuple(std), norm_pix
+        self.patch, self.tubelet = encoder.config.patch_size, encoder.config.tubelet_size
+
+    def predict(self, clip: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor) -> torch.Tensor:
+        """Predicted (normalized) target patches [B, Nt, P * C]; the encoder gets context tokens only."""
+        grid = self.encoder.grid(clip.shape)
+        return self.decoder(self.encoder(clip, ctx_idx), ctx_idx, tgt_idx, grid)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        clip = batch["clip"]
+        with torch.no_grad():
+            targets = pixel_targets(clip, self.mean, self.std, self.patch, self.tubelet, self.norm_pix)
+        losses = [F.mse_loss(self.predict(clip, ctx, tgt).float(), gather_tokens(targets, tgt))
+                  for ctx, tgt in batch["masks"]]
+        per_set = torch.stack(losses)
+        return per_set.mean(), per_set
+
+    @torch.no_grad()
+    def reconstruct(self, clip: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pictures in [0, 1], each [B, C, T, H, W]: the input, what the encoder sees (other tokens
+        grey), and the reconstruction (context pixels + predicted targets, the predictions
+        un-normalized with each target patch's own mean and std, VideoMAE style)."""
+        grid = self.encoder.grid(clip.shape)
+        pixels = patchify(unnormalize(clip.float(), self.mean, self.std), self.patch, self.tubelet)
+        b, _, p, c = pixels.shape
+        pred = self.predict(clip, ctx_idx, tgt_idx).float().reshape(b, -1, p, c)
+        if self.norm_pix:
+            m, s = patch_stats(gather_tokens(pixels, tgt_idx))
+            pred = pred * s + m
+        masked = torch.full_like(pixels, 0.5)
+        masked.scatter_(1, ctx_idx[:, :, None, None].expand(-1, -1, p, c), gather_tokens(pixels, ctx_idx))
+        recon = masked.clone()
+        recon.scatter_(1, tgt_idx[:, :, None, None].expand(-1, -1, p, c), pred)
+        def back(x):
+            return unpatchify(x, grid, self.patch, self.tubelet).clamp(0, 1)
+        return {"input": back(pixels), "masked": back(masked), "reconstruction": back(recon)}
+
+
+def build_model(config: TeacherConfig) -> VPixel:
+    encoder = VideoViT(config.model.vit())
+    c = encoder.config
+    d = config.decoder
+    decoder = Predictor(encoder.embed_dim, c.in_chans * c.tubelet_size * c.patch_size ** 2, embed_dim=d.embed_dim,
+                        depth=d.depth, num_heads=d.num_heads, mlp_ratio=d.mlp_ratio, pos_embed=c.pos_embed)
+    return VPixel(encoder, decoder, config.clip.mean, config.clip.std, config.norm_pix)
+
+
+def save_picture(model: VPixel, batch: dict, path: Path, step: int, n: int = 4) -> Path:
+    """Reconstruction grid of the first `n` clips of `batch`, for the mask set hiding the most."""
+    from salt_cache.viz import save_clip_grid
+
+    k = max(range(len(batch["masks"])), key=lambda i: batch["masks"][i][1].shape[1])
+    ctx, tgt = (t[:n] for t in batch["masks"][k])
+    was_training = model.training
+    model.eval()  # no drop-path draws: a picture must not move the RNG of the run
+    rows = model.reconstruct(batch["clip"][:n], ctx, tgt)
+    model.train(was_training)
+    return save_clip_grid(path, rows, title=f"step {step}: mask set {k} ({tgt.shape[1]} target tokens per clip)")
+
+
+# ---------------------------------------------------------------- the run
+
+def train(config: TeacherConfig, out: Path, resume: bool = False, stop_at: int | None = None,
+          show_progress: bool = True) -> dict:
+    """Train a V-Pixel teacher into run folder `out`; writes out/teacher.pt when the run ends.
+
+    resume: continue from out/checkpoints/last.pt (the config must match). stop_at: end this
+    session after that step, with a checkpoint (resume later). Returns a summary dict."""
+    env = dist.setup(config.device, config.workers)
+    try:
+        return _train(config, Path(out), resume, stop_at, env, show_progress)
+    finally:
+        dist.teardown(env)
+
+
+def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, env: dist.DistEnv,
+           show_progress: bool) -> dict:
+    t_start = time.perf_counter()
+    if not config.data.train:
+        raise SaltCacheError("data.train: no training shards given (--data)")
+    shards = resolve_shards(config.data.train)
+    val_shards = resolve_shards(config.data.val) if config.data.val else None
+    per_rank, rest = divmod(config.batch_size, env.world_size * config.grad_accum)
+    if rest or per_rank < 1:
+        raise SaltCacheError(f"batch_size: {config.batch_size} does not split into {env.world_size} process(es) "
+                             f"x grad_accum {config.grad_accum} equal micro-batches")
+    names = [m.name for m in config.masks]
+    interval = Interval(names)
+    run = Run(out, config, env, STAGE, interval.columns(), ["step", "val_loss"] + [f"val_loss_{n}" for n in names],
+              resume=resume)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(env.device)
+    optimizer = make_optimizer(model, config.optim, env.device)
+    modules = {"encoder": model.encoder, "decoder": model.decoder}
+    run.restore(modules, optimizer)
+    if run.state is not None:
+        interval.load_state(run.state["interval"])
+
+    stage = PlanAndDecode(config.clip, config.seed)
+    data = TrainData(shards, stage, batch_size=per_rank, grid=config.grid, mask_sets=tuple(config.masks),
+                     seed=config.seed, rank=env.rank, world_size=env.world_size, workers=config.workers,
+                     shuffle_buffer=config.data.shuffle_buffer, pin_memory=env.device.type == "cuda",
+                     state=run.data_state())
+    val = None
+    if val_shards and config.val_batches:
+        val = ValSet(val_shards, stage, config.data.val_batch_size, config.val_batches, config.grid,
+                     tuple(config.masks), config.seed)
+    elif env.is_main:
+        console.print("[yellow]no validation shards (data.val / --val): no validation loss; pictures use train clips")
+    net = dist.wrap(model, env)
+    if config.compile:
+        net = torch.compile(net, dynamic=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    run.restore_rng()  # last, so nothing above shifts the RNG streams of a resumed run
+
+    last_batch: dict | None = None
+
+    def fetch() -> dict:
+        nonlocal last_batch
+        last_batch = to_device(data.next(), env.device, non_blocking=True)
+        return last_batch
+
+    end = min(config.steps, stop_at) if stop_at else config.steps
+    summary = {"run": str(out), "start_step": run.step, "steps": config.steps}
+    loss = val_loss = None
+    bar = progress("steps") if env.is_main and show_progress else None
+    task = bar.add_task("V-Pixel", total=end, completed=run.step) if bar else None
+    if bar:
+        bar.start()
+    try:
+        for step in range(run.step, end):
+            lr, wd = set_schedule(optimizer, step, config.optim, config.steps)
+            result = train_step(net, optimizer, fetch, accum=config.grad_accum, params=params,
+                                clip_grad=config.optim.clip_grad, env=env, bf16=config.bf16, step=step)
+            done = step + 1
+            loss = result.loss
+            interval.add(result, config.batch_size)
+            if done % config.log_every == 0 or done == config.steps:
+                wait_s, skipped = data.take_stats()
+                run.log(interval.row(done, lr, wd, wait_s, skipped))
+            if val is not None and (done % config.val_every == 0 or done == config.steps):
+                v = evaluate(model, val, env, config.bf16)
+                if v is not None:
+                    val_loss = v[0]
+                    run.log_val({"step": done, "val_loss": v[0], **{f"val_loss_{n}": x for n, x in zip(names, v[1])}})
+            if done % config.ckpt_every == 0 or done == end:
+                run.save(done, modules, optimizer, data.state(), interval.state(),
+                         model_configs={"decoder": model.decoder.config}, meta={"loss": loss, "val_loss": val_loss})
+                if env.is_main:
+                    pic = val.batch(0) if val is not None else last_batch
+                    if pic is not None:
+                        save_picture(model, to_device(pic, env.device), run.picture_path(done), done)
+            if bar:
+                bar.update(task, completed=done, description=f"V-Pixel loss {loss:.4f}")
+    finally:
+        if bar:
+            bar.stop()
+        data.close()
+
+    summary.update({"end_step": end, "loss": loss, "val_loss": val_loss, "wall_s": time.perf_counter() - t_start})
+    if end == config.steps and env.is_main:
+        teacher = save_encoder(out / "teacher.pt", model.encoder, meta={
+            "origin": "train-teacher", "stage": STAGE, "run": str(out.resolve()), "step": end,
+            "clip": plain(config.clip), "masks": plain(config.masks), "decoder": dict(model.decoder.config),
+            "norm_pix": config.norm_pix, "train_loss": loss, "val_loss": val_loss, "config": plain(config)})
+        summary["teacher"] = str(teacher)
+    if env.is_main:
+        write_json(out / "summary.json", summary)
+    return summary
