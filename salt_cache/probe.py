@@ -45,7 +45,16 @@ DEFAULT_SPEC = "demo-probe"
 
 
 class CrossAttention(nn.Module):
-    """queries [B, Q, D] attend to tokens [B, N, D] -> [B, Q, D]."""
+    """queries [B, Q, D] attend to tokens [B, N, D] -> [B, Q, D].
+
+    Same parameters as V-JEPA's (q, kv, proj), computed in the tokens' own space: the scores
+    q_h . (W_k,h x) equal (W_k,h^T q_h) . x, and sum_n a_n (W_v,h x_n) equals W_v,h (sum_n a_n x_n),
+    so no [N, 2D] key/value projection of every token is made. With few queries this costs
+    O(N D heads) instead of O(N D^2), exactly: the key bias adds a constant to every score of a
+    query and cancels in the softmax; the value bias passes through since the weights sum to one.
+
+    `scale` and `shift` [D] (a LayerNorm's affine) apply to the tokens, folded the same way, so
+    the [B, N, D] tokens never need a gradient and can be shared by several probes."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
@@ -54,17 +63,36 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
         b, nq, d = q.shape
         h = self.num_heads
-        q = self.q(q).reshape(b, nq, h, d // h).transpose(1, 2)
-        k, v = self.kv(x).reshape(b, x.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, nq, d))
+        hd = d // h
+        w_k, w_v = self.kv.weight[:d].view(h, hd, d), self.kv.weight[d:].view(h, hd, d)
+        qh = self.q(q).view(b, nq, h, hd) * hd ** -0.5
+        keyq = torch.einsum("bqhj,hjd->bhqd", qh, w_k)  # each head's query, mapped to token space
+        if scale is not None:
+            keyq = keyq * scale  # (x * scale + shift) . k = x . (k * scale) + a constant per query
+        attn = torch.einsum("bhqd,bnd->bhqn", keyq, x).softmax(-1)
+        pooled = torch.einsum("bhqn,bnd->bqhd", attn, x)  # [B, Q, heads, D]
+        if scale is not None:
+            pooled = pooled * scale
+        if shift is not None:
+            pooled = pooled + shift
+        out = torch.einsum("bqhd,hjd->bqhj", pooled, w_v)
+        if self.kv.bias is not None:
+            out = out + self.kv.bias[d:].view(h, hd)
+        return self.proj(out.reshape(b, nq, d))
+
+
+def normalize_tokens(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """LayerNorm without affine over the last dim: what every probe's pooling norm starts from."""
+    return F.layer_norm(x, x.shape[-1:], eps=eps)
 
 
 class CrossAttentionBlock(nn.Module):
-    """V-JEPA's pooling block: the tokens are normed, the query is not (it is a parameter)."""
+    """V-JEPA's pooling block: the tokens are normed, the query is not (it is a parameter).
+    `normed` (= normalize_tokens(x)) may be passed in when several probes share the tokens."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -73,8 +101,10 @@ class CrossAttentionBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
-    def forward(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        q = q + self.xattn(q, self.norm1(x))
+    def forward(self, q: torch.Tensor, x: torch.Tensor | None, normed: torch.Tensor | None = None) -> torch.Tensor:
+        if normed is None:
+            normed = normalize_tokens(x, self.norm1.eps)
+        q = q + self.xattn(q, normed, self.norm1.weight, self.norm1.bias)
         return q + self.mlp(self.norm2(q))
 
 
@@ -99,14 +129,17 @@ class AttentiveProbe(nn.Module):
         self.apply(init_weights)
         trunc_normal_(self.query, std=0.02)
 
-    def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """tokens [B, N, D] -> pooled vector [B, D]."""
+    def pooled(self, x: torch.Tensor, normed: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, N, D] -> pooled vector [B, D]. `normed`: normalize_tokens(x), precomputed
+        (only for a probe without self-attention blocks, whose pooling sees x itself)."""
         for blk in self.blocks:
             x = blk(x, None)
-        return self.pool(self.query.expand(x.shape[0], -1, -1), x).squeeze(1)
+        if self.blocks:
+            normed = None
+        return self.pool(self.query.expand(x.shape[0], -1, -1), x, normed).squeeze(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pooled(x))
+    def forward(self, x: torch.Tensor, normed: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.pooled(x, normed))
 
 
 def default_num_heads(dim: int) -> int:
@@ -126,8 +159,10 @@ class ProbeHeads(nn.Module):
         self.heads = nn.ModuleList(copy.deepcopy(probe) for _ in range(k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """tokens [B, N, D] -> logits [K, B, num_classes]."""
-        return torch.stack([h(x) for h in self.heads])
+        """tokens [B, N, D] -> logits [K, B, num_classes]. Probes that pool the tokens directly
+        share one normalization of them (the costly [B, N, D] part)."""
+        normed = None if any(len(h.blocks) for h in self.heads) else normalize_tokens(x)
+        return torch.stack([h(x, normed) for h in self.heads])
 
 
 def make_heads(dim: int, num_classes: int, config: "ProbeConfig") -> ProbeHeads:
@@ -246,10 +281,10 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 @torch.no_grad()
 def evaluate_heads(model: ProbeHeads, data: FeatureSet, num_classes: int, batch_size: int,
-                   device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> (top-1 per head [K], mean cross-entropy per head [K], predictions [K, clips]) where the
-    views of a clip are averaged in probability before the argmax; targets follow the sorted clip
-    order of `data.groups`."""
+                   device) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """-> (top-1 per head [K], cross-entropy per head [K], predictions [K, clips], targets
+    [clips]). A clip's views are averaged in probability before the argmax and the loss; clips
+    follow the sorted order of `data.groups`."""
     model.eval()
     k = len(model.heads)
     clips, inverse = torch.unique(data.groups, return_inverse=True)
@@ -267,7 +302,7 @@ def evaluate_heads(model: ProbeHeads, data: FeatureSet, num_classes: int, batch_
     pred = probs.argmax(-1)  # [K, clips]
     top1 = (pred == targets).double().mean(1).numpy()
     nll = -probs.gather(-1, targets.view(1, -1, 1).expand(k, -1, 1)).clamp_min(1e-12).log().mean((1, 2)).numpy()
-    return top1, nll, pred.numpy()
+    return top1, nll, pred.numpy(), targets.numpy()
 
 
 def train_probes(train: FeatureSet, val: FeatureSet, num_classes: int, config: ProbeConfig = ProbeConfig(),
@@ -311,22 +346,18 @@ def train_probes(train: FeatureSet, val: FeatureSet, num_classes: int, config: P
             loss_sum += losses.detach().double().cpu() * len(idx)
             seen += len(idx)
             step += 1
-        top1, nll, _ = evaluate_heads(model, val, num_classes, config.batch_size, device)
+        top1, nll, pred, targets = evaluate_heads(model, val, num_classes, config.batch_size, device)
         for i in range(len(grid)):
             history[i].append({"epoch": epoch + 1, "train_loss": float(loss_sum[i] / seen),
                                "val_loss": float(nll[i]), "top1": float(top1[i])})
         if progress:
             progress.advance(task)
-    top1, nll, pred = evaluate_heads(model, val, num_classes, config.batch_size, device)
     records = [{"head": i, "lr": lr, "wd": wd, "top1": float(top1[i]), "val_loss": float(nll[i]),
                 "train_loss": history[i][-1]["train_loss"], "history": history[i]}
                for i, (lr, wd) in enumerate(grid)]
     best = max(range(len(grid)), key=lambda i: (top1[i], -nll[i], -i))
-    clips, inverse = torch.unique(val.groups, return_inverse=True)
-    targets = torch.zeros(len(clips), dtype=torch.long)
-    targets[inverse] = val.labels
     return ProbeRun(model=model.cpu().eval(), grid=grid, records=records, best=best,
-                    predictions=pred[best], targets=targets.numpy())
+                    predictions=pred[best], targets=targets)
 
 
 def per_class_accuracy(pred: np.ndarray, target: np.ndarray, names: list) -> dict:
@@ -520,8 +551,11 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
     brace pattern, comma list or list). Features are cached under `workdir` (default: a temporary
     folder, removed afterwards); `spec` as in `probe_spec`; `epochs`, `batch_size`, `lrs`, `wds`
     (sequences or '1e-3,3e-4' strings), `depth` override fields of `config`. `class_names[i]`
-    names integer label i in the report. Returns the report (also written as JSON to `out`, a file or a folder): best head's top-1
-    and per-class accuracy, chance, every head's (lr, wd, top-1), feature and timing details."""
+    names integer label i in the report.
+
+    Returns the report (also written as JSON to `out`, a .json file or a folder): the best
+    head's top-1 and per-class accuracy, chance, every head's (lr, wd, top-1, history), the
+    feature caches (rows, tokens, width, encoder forwards of this call) and wall times."""
     from salt_cache.checkpoint import file_sha256, load_checkpoint
     from salt_cache.shards import resolve_shards
 
