@@ -271,3 +271,42 @@ def probe(
         console.print(f"report: {out}")
     if json_out:
         typer.echo(json.dumps(report, indent=2, default=str))
+
+
+@app.command("train-teacher")
+@user_errors
+def train_teacher(
+    out: Path = typer.Option(..., help="Run folder: config.yaml, log.csv, val.csv, checkpoints/, pictures/, teacher.pt."),
+    data: Optional[list[str]] = typer.Option(None, help="Training shards: a folder, a brace pattern or a comma list (repeatable)."),
+    val: Optional[list[str]] = typer.Option(None, help="Held-out shards for the validation loss and the pictures (repeatable)."),
+    config: Optional[Path] = typer.Option(None, help="Run config YAML (sections: model, clip, masks, optim, data, decoder, ...)."),
+    model: Optional[str] = typer.Option(None, help="Encoder size: micro, tiny, small, base, large, huge, giant."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps in all."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size (split over processes and grad_accum)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (under torchrun, cuda means cuda:LOCAL_RANK)."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader processes decoding clips, per process."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the model init, views, masks and data order."),
+    resume: bool = typer.Option(False, help="Continue the run in OUT from checkpoints/last.pt (its config.yaml unless --config)."),
+    stop_at: Optional[int] = typer.Option(None, help="End this session after this step, with a checkpoint (resume later)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any config field, e.g. optim.lr=1e-3 (repeatable)."),
+    json_out: bool = typer.Option(False, "--json", help="Also print the summary as JSON on stdout."),
+):
+    """Stage 1 (V-Pixel): train a video ViT teacher by pixel reconstruction under multi-block
+    masks; writes OUT/teacher.pt. Under [bold]torchrun[/], trains with DDP."""
+    import json
+
+    from salt_cache.train.runs import resolve_config
+    from salt_cache.train.teacher import TeacherConfig, print_summary, train
+
+    def shards(values):
+        return None if not values else (values[0] if len(values) == 1 else list(values))
+
+    flags = {"data.train": shards(data), "data.val": shards(val), "model.name": model, "steps": steps,
+             "batch_size": batch_size, "device": device, "workers": workers, "seed": seed}
+    cfg = resolve_config(TeacherConfig, out, config, resume, flags=flags, sets=set_ or [])
+    summary = train(cfg, out, resume=resume, stop_at=stop_at)
+    if summary.get("rank", 0) != 0:
+        return
+    print_summary(summary)
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2, default=str))

@@ -18,6 +18,7 @@ the config is built; the resolved number is what RUN/config.yaml records.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,8 +92,8 @@ class DataConfig:
     shuffle_buffer: samples held per DataLoader worker before the per-sample stage; they hold
     compressed video bytes only, so memory is about shuffle_buffer x mean video file size."""
 
-    train: str | None = None
-    val: str | None = None
+    train: str | list[str] | None = None
+    val: str | list[str] | None = None
     shuffle_buffer: int = 256
     val_batch_size: int = 8
 
@@ -170,21 +171,20 @@ def load_run_config(cls: type, path: Path | None = None, flags: dict[str, Any] |
         data = cfgio.load_yaml(Path(path))
         source = str(path)
     else:
-        data = dict(base or {})
+        data = copy.deepcopy(base or {})
         source = "config"
-    items = [f"{k}={_yaml_scalar(v)}" for k, v in (flags or {}).items() if v is not None]
-    data = cfgio.apply_overrides(data, items + list(sets or []))
+    for key, value in (flags or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise SaltCacheError(f"{source}: {p}: expected a section (mapping), got {node!r}")
+        node[leaf] = str(value) if isinstance(value, Path) else value
+    data = cfgio.apply_overrides(data, list(sets or []))
     return cfgio.from_dict(cls, data, source=source)
-
-
-def _yaml_scalar(v: Any) -> str:
-    # str values pass through quoted so "1e-3" style shard names or paths are never re-typed
-    if isinstance(v, (str, Path)):
-        s = str(v).replace("'", "''")
-        return f"'{s}'"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
 
 
 def plain(obj: Any) -> Any:

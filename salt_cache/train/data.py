@@ -215,6 +215,15 @@ class TrainStream(IterableDataset):
             items, keys, skipped = [], [], 0
 
 
+def check_splits(n_shards: int, world_size: int, workers: int) -> None:
+    """Every data split (rank x worker) needs at least one shard of its own."""
+    n_splits = world_size * max(1, workers)
+    if n_shards < n_splits:
+        raise SaltCacheError(
+            f"{n_shards} train shards cannot feed {n_splits} data splits (world size {world_size} x "
+            f"{max(1, workers)} workers); use fewer workers or more, smaller shards")
+
+
 class TrainData:
     """This rank's training batches: DataLoader over `TrainStream`, data-wait timing, skip
     counts and the data position for checkpoints.
@@ -224,11 +233,7 @@ class TrainData:
     def __init__(self, shards: list[Path], stage: SampleStage, *, batch_size: int, grid, mask_sets, seed: int,
                  rank: int, world_size: int, workers: int, shuffle_buffer: int, pin_memory: bool = False,
                  state: dict | None = None):
-        n_splits = world_size * max(1, workers)
-        if len(shards) < n_splits:
-            raise SaltCacheError(
-                f"{len(shards)} train shards cannot feed {n_splits} data splits (world size {world_size} x "
-                f"{max(1, workers)} workers); use fewer workers or more, smaller shards")
+        check_splits(len(shards), world_size, workers)
         state = state or {}
         self.workers = workers
         self.consumed_batches = int(state.get("consumed_batches", 0))

@@ -98,7 +98,7 @@ class Run:
                 raise SaltCacheError(f"{self.dir}: nothing to resume (no checkpoints/last.pt)")
             self.state = self._check(load_checkpoint(last, kind="run-state"), last)
             self.step = int(self.state["step"])
-        elif last.is_file() or self.log_path.is_file():
+        elif last.is_file() or _has_rows(self.log_path):
             raise SaltCacheError(f"{self.dir}: holds a run already; pass --resume to continue it or choose another --out")
         dist.barrier(env)  # every rank has checked the folder before rank 0 writes to it
         if env.is_main:
@@ -186,6 +186,14 @@ def _cpu(obj):
 
 def _cpu_state(module: nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _has_rows(path: Path) -> bool:
+    """A log with at least one row: a run that trained (not one that failed while starting)."""
+    if not path.is_file():
+        return False
+    with open(path) as f:
+        return sum(1 for line in f if line.strip()) > 1
 
 
 def _fmt(v) -> str:

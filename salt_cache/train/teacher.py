@@ -29,7 +29,7 @@ from salt_cache.models import Predictor, VideoViT
 from salt_cache.shards import resolve_shards
 from salt_cache.train import dist
 from salt_cache.train.config import TrainConfig, plain
-from salt_cache.train.data import PlanAndDecode, TrainData, ValSet, to_device
+from salt_cache.train.data import PlanAndDecode, TrainData, ValSet, check_splits, to_device
 from salt_cache.train.engine import Interval, evaluate, train_step
 from salt_cache.train.optim import make_optimizer, set_schedule
 from salt_cache.train.runs import Run
@@ -199,6 +199,7 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
     if rest or per_rank < 1:
         raise SaltCacheError(f"batch_size: {config.batch_size} does not split into {env.world_size} process(es) "
                              f"x grad_accum {config.grad_accum} equal micro-batches")
+    check_splits(len(shards), env.world_size, config.workers)
     names = [m.name for m in config.masks]
     interval = Interval(names)
     run = Run(out, config, env, STAGE, interval.columns(), ["step", "val_loss"] + [f"val_loss_{n}" for n in names],
@@ -237,7 +238,8 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
         return last_batch
 
     end = min(config.steps, stop_at) if stop_at else config.steps
-    summary = {"run": str(out), "start_step": run.step, "steps": config.steps}
+    summary = {"run": str(out), "rank": env.rank, "world_size": env.world_size, "start_step": run.step,
+               "steps": config.steps}
     loss = val_loss = None
     bar = progress("steps") if env.is_main and show_progress else None
     task = bar.add_task("V-Pixel", total=end, completed=run.step) if bar else None
@@ -283,3 +285,19 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
     if env.is_main:
         write_json(out / "summary.json", summary)
     return summary
+
+
+def print_summary(summary: dict) -> None:
+    """The end of a run as a rich table."""
+    from rich.table import Table
+
+    table = Table(title=f"V-Pixel run {summary['run']}")
+    for col in ("steps", "train loss", "val loss", "wall (s)", "teacher"):
+        table.add_column(col, justify="right")
+
+    def num(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    table.add_row(f"{summary['start_step']} -> {summary['end_step']} of {summary['steps']}", num(summary["loss"]),
+                  num(summary["val_loss"]), f"{summary['wall_s']:.1f}", summary.get("teacher", "- (not finished)"))
+    console.print(table)
