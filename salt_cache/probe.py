@@ -633,6 +633,7 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
                  "val_loss": best["val_loss"],
                  "per_class": per_class_accuracy(run.predictions, run.targets, names)},
         "heads": run.records,
+        "grid": head_grid(run.records),
         "notes": notes,
         "wall_s": {"features": round(t_features, 3), "train": round(t_train, 3),
                    "total": round(time.perf_counter() - t_start, 3)},
@@ -640,6 +641,18 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
     if out is not None:
         write_report(report, out)
     return report
+
+
+def head_grid(records: list[dict]) -> dict:
+    """Heads as a table: {"lrs", "wds" (first-seen order), "top1": [lr][wd] (None where no head
+    has that pair; a repeated pair keeps its best top-1)}."""
+    lrs = list(dict.fromkeys(r["lr"] for r in records))
+    wds = list(dict.fromkeys(r["wd"] for r in records))
+    top1 = [[None] * len(wds) for _ in lrs]
+    for r in records:
+        i, j = lrs.index(r["lr"]), wds.index(r["wd"])
+        top1[i][j] = r["top1"] if top1[i][j] is None else max(top1[i][j], r["top1"])
+    return {"lrs": lrs, "wds": wds, "top1": top1}
 
 
 def write_report(report: dict, out: Path, name: str = "probe.json") -> Path:
@@ -659,15 +672,26 @@ def print_report(report: dict, console=None) -> None:
     from salt_cache.console import console as default_console
 
     console = console or default_console
-    grid = Table(title="probe heads (val top-1)")
-    for col in ("head", "lr", "wd", "top-1", "val loss", "train loss"):
-        grid.add_column(col, justify="right")
-    for r in report["heads"]:
-        mark = " *" if r["head"] == report["best"]["head"] else ""
-        grid.add_row(f"{r['head']}{mark}", f"{r['lr']:.0e}", f"{r['wd']:g}", f"{100 * r['top1']:.1f}",
-                     f"{r['val_loss']:.3f}", f"{r['train_loss']:.3f}")
+    g, best_head = report["grid"], report["best"]["head"]
+    if all(v is not None for row in g["top1"] for v in row):
+        # a full lr x wd grid: one row per lr, one column per weight decay, best head starred
+        grid = Table(title="heads: val top-1 %")
+        grid.add_column("lr \\ wd", justify="right")
+        for wd in g["wds"]:
+            grid.add_column(f"{wd:g}", justify="right")
+        best = (report["best"]["lr"], report["best"]["wd"])
+        for lr, row in zip(g["lrs"], g["top1"]):
+            grid.add_row(f"{lr:.0e}", *(f"{100 * v:.1f}" + (" *" if (lr, wd) == best else "") for wd, v in zip(g["wds"], row)))
+    else:
+        grid = Table(title="probe heads (val top-1)")
+        for col in ("head", "lr", "wd", "top-1", "val loss", "train loss"):
+            grid.add_column(col, justify="right")
+        for r in report["heads"]:
+            mark = " *" if r["head"] == best_head else ""
+            grid.add_row(f"{r['head']}{mark}", f"{r['lr']:.0e}", f"{r['wd']:g}", f"{100 * r['top1']:.1f}",
+                         f"{r['val_loss']:.3f}", f"{r['train_loss']:.3f}")
     console.print(grid)
-    per = Table(title="best head: per-class accuracy")
+    per = Table(title="best head, per class")
     per.add_column("class")
     per.add_column("top-1", justify="right")
     per.add_column("clips", justify="right")

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from salt_cache.errors import SaltCacheError
-
-CHECKPOINT_RE = re.compile(r"^step-(\d+)\.pt$")
-
 
 def read_log(path: Path) -> list[tuple[int, float]]:
     """A run's log.csv -> [(step, loss)] in file order, rows with an empty or non-finite loss
@@ -78,10 +74,12 @@ def linear_fit(x, y) -> dict:
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """RUN/checkpoints/step-NNNNNNN.pt -> [(step, path)] sorted by step."""
+    from salt_cache.train.runs import run_checkpoints
+
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         raise SaltCacheError(f"{run_dir}: not a training run (no checkpoints/ folder)")
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name)))
+    found = run_checkpoints(Path(run_dir))
     if not found:
         raise SaltCacheError(f"{folder}: no step-NNNNNNN.pt checkpoints")
     return found

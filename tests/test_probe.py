@@ -223,6 +223,8 @@ def test_probe_end_to_end_encodes_each_view_once(demo, encoder, two_views, work,
         (lr, wd) for lr in (5e-3, 1e-3, 3e-4) for wd in (0.01, 0.1)}
     assert all(0 <= h["top1"] <= 1 and np.isfinite(h["val_loss"]) and len(h["history"]) == 2 for h in rep["heads"])
     assert rep["top1"] == max(h["top1"] for h in rep["heads"])
+    assert rep["grid"]["lrs"] == [5e-3, 1e-3, 3e-4] and rep["grid"]["wds"] == [0.01, 0.1]
+    assert rep["grid"]["top1"][1][1] == next(h["top1"] for h in rep["heads"] if (h["lr"], h["wd"]) == (1e-3, 0.1))
     per = rep["best"]["per_class"]
     assert sum(v["count"] for v in per.values()) == 12
     # the best head's top-1 is the count-weighted mean of its per-class accuracies
@@ -258,7 +260,7 @@ def test_probe_cli(demo, encoder, two_views, work, tmp_path):
     rep = json.loads(out.read_text())
     assert [(h["lr"], h["wd"]) for h in rep["heads"]] == [(1e-3, 0.05), (1e-2, 0.05)]
     assert rep["features"]["val"]["rows"] == 24 and rep["spec"]["name"] == "test-probe"
-    assert "probe heads" in res.output and '"top1"' in res.output
+    assert "lr \\ wd" in res.output and "best head, per class" in res.output and '"top1"' in res.output
 
 
 def test_default_spec_follows_the_encoder():
