@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from salt_cache.cli import app
 from salt_cache.errors import SaltCacheError
 from salt_cache.masks import DEFAULT_MASKS
-from salt_cache.shards import resolve_shards, shard_keys
+from salt_cache.shards import iter_shard, resolve_shards, shard_keys
 from salt_cache.train.config import load_run_config
 from salt_cache.train.data import PlanAndDecode, TrainStream, split_samples
 from salt_cache.train.optim import lr_at, make_optimizer, param_groups, set_schedule, wd_at
@@ -147,6 +147,42 @@ def test_splits_partition_each_epoch_and_a_resumed_stream_continues_exactly(demo
         assert torch.equal(got["clip"], want["clip"])
         assert all(torch.equal(a, b) for pa, pb in zip(got["masks"], want["masks"]) for a, b in zip(pa, pb))
         assert got["clip"].shape == (4, 3, 4, 32, 32) and got["view"][0]["key"] == got["keys"][0]
+
+
+class SkipGrow(PlanAndDecode):
+    """A stage that refuses one class, as Stage 2's cache join refuses rows that are not ok."""
+
+    def __call__(self, sample, ctx):
+        return None if sample.meta["label"] == 2 else super().__call__(sample, ctx)
+
+
+def test_skipped_samples_are_counted_and_never_batched(demo):
+    shards = resolve_shards(demo / "train")
+    cfg = micro_config(demo)
+    ds = TrainStream(shards, SkipGrow(cfg.clip, seed=0), 3, cfg.grid, tuple(cfg.masks), seed=0, rank=0, world_size=1,
+                     workers=1, shuffle_buffer=8)
+    labels = {k: m["label"] for p in shards for k, _, m in iter_shard(p)}
+    seen, skipped = [], 0
+    for batch in ds.batches(split=0, n_splits=1):
+        if batch["position"]["epoch"] > 0:
+            break
+        seen += batch["keys"]
+        skipped += batch["skipped"]
+        assert batch["clip"].shape[0] == 3 and all(labels[k] != 2 for k in batch["keys"])
+        assert len(seen) + skipped == batch["position"]["consumed"]  # every sample taken is batched or counted
+    assert skipped > 0 and len(seen) >= 24
+
+
+def test_an_unreadable_shard_stops_the_run_with_one_line(demo, tmp_path):
+    data = tmp_path / "shards"
+    data.mkdir()
+    for p in resolve_shards(demo / "train"):
+        blob = p.read_bytes()
+        (data / p.name).write_bytes(blob[: len(blob) // 2] if p.name.endswith("1.tar") else blob)
+    res = runner.invoke(app, ["train-teacher", "--out", str(tmp_path / "run")]
+                        + cli_args(micro_flags(demo, **{"data.train": str(data), "steps": 50})))
+    assert res.exit_code == 1 and "shard-000001.tar: unreadable shard" in res.output, res.output
+    assert res.output.strip().splitlines()[-1].startswith("error:")
 
 
 # ---------------------------------------------------------------- whole runs

@@ -45,6 +45,7 @@ it consumed in all, which fixes the worker rotation of the DataLoader's round-ro
 from __future__ import annotations
 
 import json
+import tarfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -122,13 +123,19 @@ def read_samples(shards: list[Path]) -> Iterator[Sample]:
     """Samples of the shards in order, video bytes untouched."""
     import webdataset as wds
 
-    pipeline = wds.DataPipeline(wds.SimpleShardList([str(p) for p in shards]), wds.tarfile_to_samples())
+    urls = [str(p) for p in shards]
+    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
     try:
         for s in pipeline:
             meta = json.loads(s["json"]) if "json" in s else {}
             yield Sample(key=s["__key__"], video=video_of(s)[1], meta=meta)
-    except (OSError, ValueError) as e:
-        raise SaltCacheError(f"unreadable shard among {', '.join(p.name for p in shards)} ({e})") from None
+    except (OSError, ValueError, tarfile.TarError) as e:
+        # webdataset puts the shard's url last in the exception's args
+        where = next((a for a in reversed(e.args) if isinstance(a, str) and a in urls), None)
+        reason = str(e.args[0]) if e.args else type(e).__name__
+        if where is None:
+            where, reason = f"one of {', '.join(p.name for p in shards)}", str(e)
+        raise SaltCacheError(f"{where}: unreadable shard ({reason})") from None
 
 
 def shuffle_buffer(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
@@ -243,7 +250,7 @@ class TrainData:
                              rotation=self.consumed_batches % max(1, workers))
         # own generator: creating the loader must not draw from the global torch RNG (exact resume)
         self.loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                                 generator=torch.Generator(), prefetch_factor=4 if workers else None)
+                                 generator=torch.Generator())
         self._it = iter(self.loader)
         self.wait_s = 0.0
         self.skipped = 0

@@ -4,6 +4,21 @@ A stage's model is an `nn.Module` whose `forward(batch) -> (loss, per_set)` take
 (see `salt_cache.train.data`) already on the device and returns the scalar loss and a 1-D
 tensor of per-mask-set losses. The engine never looks inside it, so Stage 1 and Stage 2 share
 everything here.
+
+A stage's `train()` (teacher.py is the reference) keeps this order; the comments say why:
+  1. env = dist.setup(config.device, config.workers); dist.teardown(env) in a finally.
+  2. Resolve shards, the per-rank micro-batch, `check_splits` -- before `Run(...)`, so a run
+     that cannot start writes nothing.
+  3. run = Run(out, config, env, STAGE, interval.columns(), val_columns, resume).
+  4. torch.manual_seed(config.seed); build the modules; make_optimizer; run.restore(modules,
+     optimizer); interval.load_state(run.state["interval"]) when resuming.
+  5. TrainData(..., state=run.data_state()) and ValSet with the stage's sample stage.
+  6. compile in place (module.compile keeps state-dict keys), then dist.wrap.
+  7. run.restore_rng() LAST: building models and loaders must not shift a resumed RNG.
+  8. Per step: set_schedule -> train_step -> interval.add / run.log -> evaluate(bare model) ->
+     run.save on EVERY rank (it gathers RNG and data positions) -> pictures on rank 0 in eval
+     mode (nothing periodic may draw random numbers, or resume stops being exact).
+  9. Export the encoder on rank 0 (`checkpoint.save_encoder`).
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def rng_state() -> dict:
         "python": {"version": py_state[0], "internal": list(py_state[1]), "gauss_next": py_state[2]},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+        state["cuda"] = torch.cuda.get_rng_state().cpu()  # this process's device only
     return state
 
 
@@ -75,7 +75,7 @@ def set_rng_state(state: dict) -> None:
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 class Run:

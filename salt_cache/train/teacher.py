@@ -201,6 +201,8 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
                              f"x grad_accum {config.grad_accum} equal micro-batches")
     check_splits(len(shards), env.world_size, config.workers)
     names = [m.name for m in config.masks]
+    if stop_at is not None and stop_at < 1:
+        raise SaltCacheError(f"--stop-at: expected a step >= 1, got {stop_at}")
     interval = Interval(names)
     run = Run(out, config, env, STAGE, interval.columns(), ["step", "val_loss"] + [f"val_loss_{n}" for n in names],
               resume=resume)
@@ -224,9 +226,11 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
                      tuple(config.masks), config.seed)
     elif env.is_main:
         console.print("[yellow]no validation shards (data.val / --val): no validation loss; pictures use train clips")
-    net = dist.wrap(model, env)
     if config.compile:
-        net = torch.compile(net, dynamic=True)
+        # in place: state-dict keys stay unprefixed; dynamic: context/target counts vary per batch
+        model.encoder.compile(dynamic=True)
+        model.decoder.compile(dynamic=True)
+    net = dist.wrap(model, env)
     params = [p for p in model.parameters() if p.requires_grad]
     run.restore_rng()  # last, so nothing above shifts the RNG streams of a resumed run
 
@@ -238,9 +242,12 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
         return last_batch
 
     end = min(config.steps, stop_at) if stop_at else config.steps
+    if end <= run.step and run.step < config.steps:
+        raise SaltCacheError(f"--stop-at {stop_at}: the run is already at step {run.step}")
     summary = {"run": str(out), "rank": env.rank, "world_size": env.world_size, "start_step": run.step,
                "steps": config.steps}
-    loss = val_loss = None
+    prior = run.state["meta"] if run.state is not None else {}
+    loss, val_loss = prior.get("loss"), prior.get("val_loss")
     bar = progress("steps") if env.is_main and show_progress else None
     task = bar.add_task("V-Pixel", total=end, completed=run.step) if bar else None
     if bar:
