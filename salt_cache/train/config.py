@@ -132,7 +132,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise SaltCacheError(f"{name}: expected >= 1, got {getattr(self, name)}")
-        for name in ("workers", "val_batches"):
+        for name in ("workers", "val_batches", "seed"):
             if getattr(self, name) < 0:
                 raise SaltCacheError(f"{name}: expected >= 0, got {getattr(self, name)}")
         if not self.masks:
