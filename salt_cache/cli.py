@@ -310,3 +310,45 @@ def train_teacher(
     print_summary(summary)
     if json_out:
         typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("train-student")
+@user_errors
+def train_student(
+    out: Path = typer.Option(..., help="Run folder: config.yaml, log.csv, val.csv, checkpoints/, student.pt."),
+    cache: Optional[Path] = typer.Option(None, help="Teacher-latent cache built by `salt-cache build`."),
+    data: Optional[list[str]] = typer.Option(None, help="Training shards (their clips must be in the cache; repeatable)."),
+    val: Optional[list[str]] = typer.Option(None, help="Held-out shards for the validation distillation loss (repeatable)."),
+    online_teacher: Optional[Path] = typer.Option(None, help="Compute targets with this teacher instead of reading them (baseline / oracle)."),
+    config: Optional[Path] = typer.Option(None, help="Run config YAML (sections: model, clip, masks, optim, data, predictor, ...)."),
+    model: Optional[str] = typer.Option(None, help="Student size: micro, tiny, small, base, large, huge, giant."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps in all."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size (split over processes and grad_accum)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (under torchrun, cuda means cuda:LOCAL_RANK)."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader processes decoding clips, per process."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the model init, view picks, masks and data order."),
+    resume: bool = typer.Option(False, help="Continue the run in OUT from checkpoints/last.pt (its config.yaml unless --config)."),
+    stop_at: Optional[int] = typer.Option(None, help="End this session after this step, with a checkpoint (resume later)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any config field, e.g. predictor.depth=6 (repeatable)."),
+    json_out: bool = typer.Option(False, "--json", help="Also print the summary as JSON on stdout."),
+):
+    """Stage 2 (SALT): train a student and predictor on the cached teacher latents, streaming the
+    videos alongside the cache; writes OUT/student.pt. Under [bold]torchrun[/], trains with DDP."""
+    import json
+
+    from salt_cache.train.runs import resolve_config
+    from salt_cache.train.student import StudentConfig, print_summary, train
+
+    def shards(values):
+        return None if not values else (values[0] if len(values) == 1 else list(values))
+
+    flags = {"cache": cache, "online_teacher": online_teacher, "data.train": shards(data), "data.val": shards(val),
+             "model.name": model, "steps": steps, "batch_size": batch_size, "device": device, "workers": workers,
+             "seed": seed}
+    cfg = resolve_config(StudentConfig, out, config, resume, flags=flags, sets=set_ or [])
+    summary = train(cfg, out, resume=resume, stop_at=stop_at)
+    if summary.get("rank", 0) != 0:
+        return
+    print_summary(summary)
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2, default=str))

@@ -166,6 +166,11 @@ class CacheReader:
     def __contains__(self, key: str) -> bool:
         return key in self._build_index()["ok"]
 
+    def has_key(self, key: str) -> bool:
+        """True when the cache holds any row for `key`, ok or failed (a failed clip is known and
+        skipped; an unknown one is missing from the cache)."""
+        return key in self._build_index()["first"]
+
     def rows(self, key: str) -> list[RowRef]:
         """The ok rows of a clip (empty when the clip has none or is unknown)."""
         return list(self._build_index()["ok"].get(key, []))

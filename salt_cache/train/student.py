@@ -1,0 +1,351 @@
+"""Stage 2, SALT: train a student and predictor to predict the frozen teacher's latents.
+
+Cached mode (the point of the project): the data pipeline joins every shard sample with the
+latent cache by key, picks one of the clip's stored views, decodes the clip at exactly that view
+(contract 1) and reads that row's latents. No teacher weights are loaded.
+
+Online mode (`online_teacher`): the same trainer, but the targets come from running the teacher
+on the same clips. With a cache it uses the cache's views (the correctness oracle: same loss as
+cached mode within the storage dtype's tolerance); without one it plans views like Stage 1 (the
+paper's own setting and the speed baseline).
+
+Loss: for each mask set the student encodes the context tokens only; the predictor places mask
+tokens at the target positions and regresses `layer_norm` (no affine) of the teacher latents
+there; L1 by default, averaged over the mask sets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from salt_cache.checkpoint import file_sha256, load_encoder, save_encoder
+from salt_cache.console import console, progress, write_json
+from salt_cache.errors import DecodeError, SaltCacheError
+from salt_cache.models import Predictor, VideoViT
+from salt_cache.shards import resolve_shards, shard_keys
+from salt_cache.train import dist
+from salt_cache.train.config import TrainConfig, plain
+from salt_cache.train.data import PlanAndDecode, Sample, StageContext, TrainData, ValSet, check_splits, to_device
+from salt_cache.train.engine import Interval, evaluate, train_step
+from salt_cache.train.optim import make_optimizer, set_schedule
+from salt_cache.train.runs import Run
+from salt_cache.video import decode_view, view_rng
+
+STAGE = "student"
+LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss}
+
+
+@dataclass
+class PredictorConfig:
+    """The predictor (paper, Table 4: 384 wide, 12 deep, 16 heads); its output width is the
+    teacher's, read from the cache (or the online teacher)."""
+
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise SaltCacheError(f"embed_dim: {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.depth < 1:
+            raise SaltCacheError(f"depth: expected >= 1, got {self.depth}")
+
+
+@dataclass
+class StudentConfig(TrainConfig):
+    cache: str | None = None
+    online_teacher: str | None = None
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    target_norm: Literal["layer_norm", "none"] = "layer_norm"
+    loss: Literal["l1", "mse", "smooth_l1"] = "l1"
+
+
+# ---------------------------------------------------------------- model and loss
+
+def normalize_targets(latents: torch.Tensor, target_norm: str) -> torch.Tensor:
+    """Teacher latents [B, N, D] -> regression targets (float32)."""
+    latents = latents.float()
+    return F.layer_norm(latents, latents.shape[-1:]) if target_norm == "layer_norm" else latents
+
+
+class SALT(nn.Module):
+    """Student + predictor (+ a frozen teacher in online mode). forward(batch) -> (loss, per-set losses).
+
+    batch: {"clip": [B, C, T, H, W], "masks": [(ctx [B, Nc], tgt [B, Nt]), ...], and in cached
+    mode "latents": [B, N, D_teacher]}."""
+
+    def __init__(self, student: VideoViT, predictor: Predictor, target_norm: str = "layer_norm", loss: str = "l1",
+                 teacher: VideoViT | None = None):
+        super().__init__()
+        self.student, self.predictor = student, predictor
+        self.target_norm, self.loss_fn = target_norm, LOSSES[loss]
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # frozen: never in training mode (no drop-path draws)
+        return self
+
+    def targets(self, batch: dict) -> torch.Tensor:
+        if self.teacher is None:
+            return normalize_targets(batch["latents"], self.target_norm)
+        with torch.no_grad():
+            return normalize_targets(self.teacher(batch["clip"]), self.target_norm)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        clip = batch["clip"]
+        grid = self.student.grid(clip.shape)
+        targets = self.targets(batch)
+        losses = []
+        for ctx, tgt in batch["masks"]:
+            pred = self.predictor(self.student(clip, ctx), ctx, tgt, grid)
+            y = torch.gather(targets, 1, tgt.unsqueeze(-1).expand(-1, -1, targets.shape[-1]))
+            losses.append(self.loss_fn(pred.float(), y))
+        per_set = torch.stack(losses)
+        return per_set.mean(), per_set
+
+
+# ---------------------------------------------------------------- the cache join
+
+class CacheJoin:
+    """Stage 2's sample stage: rows of the clip's key -> one stored view (a new pick per epoch,
+    seeded by (seed, epoch, key); view 0 in validation) -> the clip decoded at that view, and the
+    row's latents unless `latents` is False (online oracle). Clips with no ok row are skipped
+    (the batcher counts them)."""
+
+    def __init__(self, cache: Path, seed: int, latents: bool = True):
+        from salt_cache.cache import CacheReader
+
+        self.reader = CacheReader(cache)  # cheap: stores open lazily inside each worker
+        self.seed, self.latents = seed, latents
+
+    def __call__(self, sample: Sample, ctx: StageContext) -> dict | None:
+        rows = self.reader.rows(sample.key)
+        if not rows:
+            return None
+        if ctx.train:
+            ref = rows[int(view_rng(sample.key, ctx.epoch, self.seed).integers(len(rows)))]
+        else:
+            ref = min(rows, key=lambda r: r.view_index)
+        try:
+            clip = decode_view(sample.video, self.reader.view(ref))
+        except DecodeError:
+            return None
+        out = {"clip": clip, "view_index": ref.view_index}
+        if self.latents:
+            out["latents"] = self.reader.read(ref)
+        return out
+
+
+# ---------------------------------------------------------------- refusals
+
+def check_cache(config: StudentConfig, shards: list[Path], val_shards: list[Path] | None) -> dict:
+    """Refuse a cache that fails its quick checks, does not fit the student's token geometry, or
+    lacks clips of the given shards. Returns the fingerprint summary stored with checkpoints."""
+    from salt_cache.cache import CacheReader, verify_cache
+
+    cache = Path(config.cache)
+    problems = verify_cache(cache, digest=False, rows=False)
+    if problems:
+        more = f" (and {len(problems) - 1} more; run salt-cache verify)" if len(problems) > 1 else ""
+        raise SaltCacheError(f"{cache}: fails its quick checks: {problems[0].line()}{more}")
+    reader = CacheReader(cache)
+    spec = reader.spec
+    for name, have, want in (("model.patch_size", config.model.patch_size, spec.patch_size),
+                             ("model.tubelet_size", config.model.tubelet_size, spec.tubelet_size),
+                             ("clip.frames", config.clip.frames, spec.clip.frames),
+                             ("clip.size", config.clip.size, spec.clip.size)):
+        if have != want:
+            raise SaltCacheError(f"{name}: the student config has {have}, the cache {cache} has {want} "
+                                 f"(its token grid is {'x'.join(map(str, reader.grid))}); set {name}: {want}")
+    if tuple(config.grid) != tuple(reader.grid):
+        raise SaltCacheError(f"token grid: student {config.grid} vs cache {tuple(reader.grid)}")
+    have_keys = set(reader.keys())
+    failed = reader.counts().get("failed", 0)
+    for label, group in (("train", shards), ("val", val_shards or [])):
+        for shard in group:
+            missing = [k for k in shard_keys(shard) if k not in have_keys and not reader.has_key(k)]
+            if missing:
+                raise SaltCacheError(f"{cache}: has no rows for {len(missing)} clip(s) of {label} shard {shard} "
+                                     f"(first: {missing[0]}); build the cache over these shards")
+    fp = reader.fingerprint
+    return {"path": str(cache.resolve()), "teacher_sha256": fp.get("teacher", {}).get("sha256"),
+            "spec": fp.get("spec", {}).get("name"), "grid": list(reader.grid), "teacher_dim": reader.teacher_dim,
+            "dtype": reader.dtype, "failed_rows": failed}
+
+
+# ---------------------------------------------------------------- the run
+
+def train(config: StudentConfig, out: Path, resume: bool = False, stop_at: int | None = None,
+          show_progress: bool = True) -> dict:
+    """Train a SALT student into run folder `out`; writes out/student.pt when the run ends.
+
+    resume: continue from out/checkpoints/last.pt (same config). stop_at: end this session after
+    that step, with a checkpoint. Returns a summary dict."""
+    env = dist.setup(config.device, config.workers)
+    try:
+        return _train(config, Path(out), resume, stop_at, env, show_progress)
+    finally:
+        dist.teardown(env)
+
+
+def _targets_source(config: StudentConfig, shards, val_shards, env) -> tuple[dict, int, VideoViT | None]:
+    """(cache fingerprint summary or {}, teacher width, online teacher or None)."""
+    if config.cache is None and config.online_teacher is None:
+        raise SaltCacheError("cache: give --cache CACHE (or --online-teacher CKPT for the online baseline)")
+    fingerprint = check_cache(config, shards, val_shards) if config.cache is not None else {}
+    if config.online_teacher is None:
+        return fingerprint, fingerprint["teacher_dim"], None
+    teacher, _ = load_encoder(Path(config.online_teacher), env.device)
+    tc = teacher.config
+    if (tc.patch_size, tc.tubelet_size) != (config.model.patch_size, config.model.tubelet_size):
+        raise SaltCacheError(f"{config.online_teacher}: teacher patch {tc.patch_size} / tubelet {tc.tubelet_size}, "
+                             f"student {config.model.patch_size} / {config.model.tubelet_size}: token grids differ")
+    if fingerprint and fingerprint["teacher_sha256"] != file_sha256(Path(config.online_teacher)):
+        console.print("[yellow]online teacher differs from the cache's teacher: its views are used, its latents are not")
+    fingerprint = {**fingerprint, "online_teacher": str(Path(config.online_teacher).resolve())}
+    return fingerprint, tc.embed_dim, teacher
+
+
+def build_model(config: StudentConfig, teacher_dim: int, teacher: VideoViT | None = None) -> SALT:
+    student = VideoViT(config.model.vit())
+    p = config.predictor
+    predictor = Predictor(student.embed_dim, teacher_dim, embed_dim=p.embed_dim, depth=p.depth,
+                          num_heads=p.num_heads, mlp_ratio=p.mlp_ratio, pos_embed=student.config.pos_embed)
+    return SALT(student, predictor, config.target_norm, config.loss, teacher)
+
+
+def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, env: dist.DistEnv,
+           show_progress: bool) -> dict:
+    t_start = time.perf_counter()
+    if not config.data.train:
+        raise SaltCacheError("data.train: no training shards given (--data)")
+    shards = resolve_shards(config.data.train)
+    val_shards = resolve_shards(config.data.val) if config.data.val else None
+    per_rank, rest = divmod(config.batch_size, env.world_size * config.grad_accum)
+    if rest or per_rank < 1:
+        raise SaltCacheError(f"batch_size: {config.batch_size} does not split into {env.world_size} process(es) "
+                             f"x grad_accum {config.grad_accum} equal micro-batches")
+    check_splits(len(shards), env.world_size, config.workers)
+    if stop_at is not None and stop_at < 1:
+        raise SaltCacheError(f"--stop-at: expected a step >= 1, got {stop_at}")
+    fingerprint, teacher_dim, teacher = _targets_source(config, shards, val_shards, env)
+    names = [m.name for m in config.masks]
+    interval = Interval(names)
+    run = Run(out, config, env, STAGE, interval.columns(), ["step", "val_loss"] + [f"val_loss_{n}" for n in names],
+              resume=resume)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config, teacher_dim, teacher).to(env.device)
+    optimizer = make_optimizer(model, config.optim, env.device)
+    modules = {"encoder": model.student, "predictor": model.predictor}
+    run.restore(modules, optimizer)
+    if run.state is not None:
+        interval.load_state(run.state["interval"])
+
+    if config.cache is not None:
+        stage = CacheJoin(Path(config.cache), config.seed, latents=teacher is None)
+    else:
+        stage = PlanAndDecode(config.clip, config.seed)
+    data = TrainData(shards, stage, batch_size=per_rank, grid=config.grid, mask_sets=tuple(config.masks),
+                     seed=config.seed, rank=env.rank, world_size=env.world_size, workers=config.workers,
+                     shuffle_buffer=config.data.shuffle_buffer, pin_memory=env.device.type == "cuda",
+                     state=run.data_state())
+    val = None
+    if val_shards and config.val_batches:
+        val = ValSet(val_shards, stage, config.data.val_batch_size, config.val_batches, config.grid,
+                     tuple(config.masks), config.seed)
+    elif env.is_main:
+        console.print("[yellow]no validation shards (data.val / --val): no validation distillation loss")
+    if config.compile:
+        model.student.compile(dynamic=True)
+        model.predictor.compile(dynamic=True)
+    net = dist.wrap(model, env)
+    params = [p for p in model.parameters() if p.requires_grad]
+    run.restore_rng()  # last, so nothing above shifts the RNG streams of a resumed run
+
+    def fetch() -> dict:
+        return to_device(data.next(), env.device, non_blocking=True)
+
+    end = min(config.steps, stop_at) if stop_at else config.steps
+    if end <= run.step and run.step < config.steps:
+        raise SaltCacheError(f"--stop-at {stop_at}: the run is already at step {run.step}")
+    summary = {"run": str(out), "rank": env.rank, "world_size": env.world_size, "start_step": run.step,
+               "steps": config.steps, "mode": "online" if teacher is not None else "cached"}
+    prior = run.state["meta"] if run.state is not None else {}
+    loss, val_loss = prior.get("loss"), prior.get("val_loss")
+    wait_total, step_total = 0.0, 0.0
+    bar = progress("steps") if env.is_main and show_progress else None
+    task = bar.add_task("SALT", total=end, completed=run.step) if bar else None
+    if bar:
+        bar.start()
+    try:
+        for step in range(run.step, end):
+            t_step = time.perf_counter()
+            lr, wd = set_schedule(optimizer, step, config.optim, config.steps)
+            result = train_step(net, optimizer, fetch, accum=config.grad_accum, params=params,
+                                clip_grad=config.optim.clip_grad, env=env, bf16=config.bf16, step=step)
+            step_total += time.perf_counter() - t_step
+            done = step + 1
+            loss = result.loss
+            interval.add(result, config.batch_size)
+            if done % config.log_every == 0 or done == config.steps:
+                wait_s, skipped = data.take_stats()
+                wait_total += wait_s
+                run.log(interval.row(done, lr, wd, wait_s, skipped))
+            if val is not None and (done % config.val_every == 0 or done == config.steps):
+                v = evaluate(model, val, env, config.bf16)
+                if v is not None:
+                    val_loss = v[0]
+                    run.log_val({"step": done, "val_loss": v[0], **{f"val_loss_{n}": x for n, x in zip(names, v[1])}})
+            if done % config.ckpt_every == 0 or done == end:
+                run.save(done, modules, optimizer, data.state(), interval.state(),
+                         model_configs={"predictor": model.predictor.config},
+                         meta={"loss": loss, "val_loss": val_loss, "cache": fingerprint})
+            if bar:
+                bar.update(task, completed=done, description=f"SALT loss {loss:.4f}")
+    finally:
+        if bar:
+            bar.stop()
+        data.close()
+
+    summary.update({"end_step": end, "loss": loss, "val_loss": val_loss, "wall_s": time.perf_counter() - t_start,
+                    "data_wait_frac": wait_total / step_total if step_total else None})
+    if end == config.steps and env.is_main:
+        student = save_encoder(out / "student.pt", model.student, meta={
+            "origin": "train-student", "stage": STAGE, "run": str(out.resolve()), "step": end,
+            "clip": plain(config.clip), "cache": fingerprint, "predictor": dict(model.predictor.config),
+            "train_loss": loss, "val_loss": val_loss, "config": plain(config)})
+        summary["student"] = str(student)
+    if env.is_main:
+        write_json(out / "summary.json", summary)
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    """The end of a run as a rich table."""
+    from rich.table import Table
+
+    table = Table(title=f"SALT ({summary['mode']}) run {summary['run']}")
+    for col in ("steps", "train loss", "val loss", "data wait", "wall (s)", "student"):
+        table.add_column(col, justify="right")
+
+    def num(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    wait = summary.get("data_wait_frac")
+    table.add_row(f"{summary['start_step']} -> {summary['end_step']} of {summary['steps']}", num(summary["loss"]),
+                  num(summary["val_loss"]), "-" if wait is None else f"{wait:.0%}", f"{summary['wall_s']:.1f}",
+                  summary.get("student", "- (not finished)"))
+    console.print(table)
