@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from salt_cache.cache import CacheReader, build_cache
+from salt_cache.cache import build_cache
 from salt_cache.checkpoint import load_encoder
 from salt_cache.cli import app
 from salt_cache.masks import MaskSet, multiblock_masks

@@ -156,3 +156,85 @@ class Interval:
     def columns(self) -> list[str]:
         return (["step", "loss"] + [f"loss_{n}" for n in self.set_names]
                 + ["lr", "wd", "grad_norm", "samples_per_s", "data_wait_frac", "skipped"])
+
+
+def check_inputs(config, env: dist.DistEnv, stop_at: int | None) -> tuple[list, list | None, int]:
+    """Validate what a run needs before anything is written: (train shards, val shards or None,
+    per-rank micro-batch size)."""
+    from salt_cache.shards import resolve_shards
+    from salt_cache.train.data import check_splits
+
+    if not config.data.train:
+        raise SaltCacheError("data.train: no training shards given (--data)")
+    shards = resolve_shards(config.data.train)
+    val_shards = resolve_shards(config.data.val) if config.data.val else None
+    per_rank, rest = divmod(config.batch_size, env.world_size * config.grad_accum)
+    if rest or per_rank < 1:
+        raise SaltCacheError(f"batch_size: {config.batch_size} does not split into {env.world_size} process(es) "
+                             f"x grad_accum {config.grad_accum} equal micro-batches")
+    check_splits(len(shards), env.world_size, config.workers)
+    if stop_at is not None and stop_at < 1:
+        raise SaltCacheError(f"--stop-at: expected a step >= 1, got {stop_at}")
+    return shards, val_shards, per_rank
+
+
+def val_columns(set_names: list[str]) -> list[str]:
+    return ["step", "val_loss"] + [f"val_loss_{n}" for n in set_names]
+
+
+def fit(*, config, env: dist.DistEnv, run, net: nn.Module, model: nn.Module, modules: dict[str, nn.Module],
+        optimizer: torch.optim.Optimizer, data, val: ValSet | None, interval: Interval, fetch: Callable[[], dict],
+        stop_at: int | None, title: str, model_configs: dict, meta: dict,
+        on_checkpoint: Callable[[int], None] | None = None, show_progress: bool = True) -> dict:
+    """The step loop both stages share: schedule -> step -> log row -> validation -> checkpoint.
+
+    `net` is what steps (the DDP wrapper under torchrun), `model` the bare module (evaluation),
+    `modules` what checkpoints hold. `on_checkpoint(step)` runs on rank 0 after each checkpoint
+    (it must draw no random numbers). Returns {"end_step", "loss", "val_loss", "data_wait_frac"}."""
+    from salt_cache.console import progress
+    from salt_cache.train.optim import set_schedule
+
+    names = interval.set_names
+    params = [p for p in model.parameters() if p.requires_grad]
+    end = min(config.steps, stop_at) if stop_at else config.steps
+    if end <= run.step and run.step < config.steps:
+        raise SaltCacheError(f"--stop-at {stop_at}: the run is already at step {run.step}")
+    prior = run.state["meta"] if run.state is not None else {}
+    loss, val_loss = prior.get("loss"), prior.get("val_loss")
+    wait_total, step_total = 0.0, 0.0
+    bar = progress("steps") if env.is_main and show_progress else None
+    task = bar.add_task(title, total=end, completed=run.step) if bar else None
+    if bar:
+        bar.start()
+    try:
+        for step in range(run.step, end):
+            t_step = time.perf_counter()
+            lr, wd = set_schedule(optimizer, step, config.optim, config.steps)
+            result = train_step(net, optimizer, fetch, accum=config.grad_accum, params=params,
+                                clip_grad=config.optim.clip_grad, env=env, bf16=config.bf16, step=step)
+            step_total += time.perf_counter() - t_step
+            done = step + 1
+            loss = result.loss
+            interval.add(result, config.batch_size)
+            if done % config.log_every == 0 or done == config.steps:
+                wait_s, skipped = data.take_stats()
+                wait_total += wait_s
+                run.log(interval.row(done, lr, wd, wait_s, skipped))
+            if val is not None and (done % config.val_every == 0 or done == config.steps):
+                v = evaluate(model, val, env, config.bf16)
+                if v is not None:
+                    val_loss = v[0]
+                    run.log_val({"step": done, "val_loss": v[0], **{f"val_loss_{n}": x for n, x in zip(names, v[1])}})
+            if done % config.ckpt_every == 0 or done == end:
+                run.save(done, modules, optimizer, data.state(), interval.state(), model_configs=model_configs,
+                         meta={**meta, "loss": loss, "val_loss": val_loss})
+                if env.is_main and on_checkpoint is not None:
+                    on_checkpoint(done)
+            if bar:
+                bar.update(task, completed=done, description=f"{title} loss {loss:.4f}")
+    finally:
+        if bar:
+            bar.stop()
+        data.close()
+    return {"end_step": end, "loss": loss, "val_loss": val_loss,
+            "data_wait_frac": wait_total / step_total if step_total else None}

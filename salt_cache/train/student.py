@@ -26,15 +26,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from salt_cache.checkpoint import file_sha256, load_encoder, save_encoder
-from salt_cache.console import console, progress, write_json
+from salt_cache.console import console, write_json
 from salt_cache.errors import DecodeError, SaltCacheError
 from salt_cache.models import Predictor, VideoViT
-from salt_cache.shards import resolve_shards, shard_keys
+from salt_cache.shards import shard_keys
 from salt_cache.train import dist
 from salt_cache.train.config import TrainConfig, plain
-from salt_cache.train.data import PlanAndDecode, Sample, StageContext, TrainData, ValSet, check_splits, to_device
-from salt_cache.train.engine import Interval, evaluate, train_step
-from salt_cache.train.optim import make_optimizer, set_schedule
+from salt_cache.train.data import PlanAndDecode, Sample, StageContext, TrainData, ValSet, to_device
+from salt_cache.train.engine import Interval, check_inputs, fit, val_columns
+from salt_cache.train.optim import make_optimizer
 from salt_cache.train.runs import Run
 from salt_cache.video import decode_view, view_rng
 
@@ -229,27 +229,15 @@ def build_model(config: StudentConfig, teacher_dim: int, teacher: VideoViT | Non
 def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, env: dist.DistEnv,
            show_progress: bool) -> dict:
     t_start = time.perf_counter()
-    if not config.data.train:
-        raise SaltCacheError("data.train: no training shards given (--data)")
-    shards = resolve_shards(config.data.train)
-    val_shards = resolve_shards(config.data.val) if config.data.val else None
-    per_rank, rest = divmod(config.batch_size, env.world_size * config.grad_accum)
-    if rest or per_rank < 1:
-        raise SaltCacheError(f"batch_size: {config.batch_size} does not split into {env.world_size} process(es) "
-                             f"x grad_accum {config.grad_accum} equal micro-batches")
-    check_splits(len(shards), env.world_size, config.workers)
-    if stop_at is not None and stop_at < 1:
-        raise SaltCacheError(f"--stop-at: expected a step >= 1, got {stop_at}")
+    shards, val_shards, per_rank = check_inputs(config, env, stop_at)
     fingerprint, teacher_dim, teacher = _targets_source(config, shards, val_shards, env)
-    names = [m.name for m in config.masks]
-    interval = Interval(names)
-    run = Run(out, config, env, STAGE, interval.columns(), ["step", "val_loss"] + [f"val_loss_{n}" for n in names],
-              resume=resume)
+    interval = Interval([m.name for m in config.masks])
+    run = Run(out, config, env, STAGE, interval.columns(), val_columns(interval.set_names), resume=resume)
 
     torch.manual_seed(config.seed)
     model = build_model(config, teacher_dim, teacher).to(env.device)
     optimizer = make_optimizer(model, config.optim, env.device)
-    modules = {"encoder": model.student, "predictor": model.predictor}
+    modules = {"encoder": model.student, "predictor": model.predictor}  # never the teacher
     run.restore(modules, optimizer)
     if run.state is not None:
         interval.load_state(run.state["interval"])
@@ -272,56 +260,19 @@ def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, 
         model.student.compile(dynamic=True)
         model.predictor.compile(dynamic=True)
     net = dist.wrap(model, env)
-    params = [p for p in model.parameters() if p.requires_grad]
     run.restore_rng()  # last, so nothing above shifts the RNG streams of a resumed run
 
     def fetch() -> dict:
         return to_device(data.next(), env.device, non_blocking=True)
 
-    end = min(config.steps, stop_at) if stop_at else config.steps
-    if end <= run.step and run.step < config.steps:
-        raise SaltCacheError(f"--stop-at {stop_at}: the run is already at step {run.step}")
     summary = {"run": str(out), "rank": env.rank, "world_size": env.world_size, "start_step": run.step,
                "steps": config.steps, "mode": "online" if teacher is not None else "cached"}
-    prior = run.state["meta"] if run.state is not None else {}
-    loss, val_loss = prior.get("loss"), prior.get("val_loss")
-    wait_total, step_total = 0.0, 0.0
-    bar = progress("steps") if env.is_main and show_progress else None
-    task = bar.add_task("SALT", total=end, completed=run.step) if bar else None
-    if bar:
-        bar.start()
-    try:
-        for step in range(run.step, end):
-            t_step = time.perf_counter()
-            lr, wd = set_schedule(optimizer, step, config.optim, config.steps)
-            result = train_step(net, optimizer, fetch, accum=config.grad_accum, params=params,
-                                clip_grad=config.optim.clip_grad, env=env, bf16=config.bf16, step=step)
-            step_total += time.perf_counter() - t_step
-            done = step + 1
-            loss = result.loss
-            interval.add(result, config.batch_size)
-            if done % config.log_every == 0 or done == config.steps:
-                wait_s, skipped = data.take_stats()
-                wait_total += wait_s
-                run.log(interval.row(done, lr, wd, wait_s, skipped))
-            if val is not None and (done % config.val_every == 0 or done == config.steps):
-                v = evaluate(model, val, env, config.bf16)
-                if v is not None:
-                    val_loss = v[0]
-                    run.log_val({"step": done, "val_loss": v[0], **{f"val_loss_{n}": x for n, x in zip(names, v[1])}})
-            if done % config.ckpt_every == 0 or done == end:
-                run.save(done, modules, optimizer, data.state(), interval.state(),
-                         model_configs={"predictor": model.predictor.config},
-                         meta={"loss": loss, "val_loss": val_loss, "cache": fingerprint})
-            if bar:
-                bar.update(task, completed=done, description=f"SALT loss {loss:.4f}")
-    finally:
-        if bar:
-            bar.stop()
-        data.close()
-
-    summary.update({"end_step": end, "loss": loss, "val_loss": val_loss, "wall_s": time.perf_counter() - t_start,
-                    "data_wait_frac": wait_total / step_total if step_total else None})
+    summary.update(fit(config=config, env=env, run=run, net=net, model=model, modules=modules, optimizer=optimizer,
+                       data=data, val=val, interval=interval, fetch=fetch, stop_at=stop_at, title="SALT",
+                       model_configs={"predictor": model.predictor.config}, meta={"cache": fingerprint},
+                       show_progress=show_progress))
+    summary["wall_s"] = time.perf_counter() - t_start
+    end, loss, val_loss = summary["end_step"], summary["loss"], summary["val_loss"]
     if end == config.steps and env.is_main:
         student = save_encoder(out / "student.pt", model.student, meta={
             "origin": "train-student", "stage": STAGE, "run": str(out.resolve()), "step": end,

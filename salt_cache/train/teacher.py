@@ -23,15 +23,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from salt_cache.checkpoint import save_encoder
-from salt_cache.console import console, progress, write_json
+from salt_cache.console import console, write_json
 from salt_cache.errors import SaltCacheError
 from salt_cache.models import Predictor, VideoViT
-from salt_cache.shards import resolve_shards
 from salt_cache.train import dist
 from salt_cache.train.config import TrainConfig, plain
-from salt_cache.train.data import PlanAndDecode, TrainData, ValSet, check_splits, to_device
-from salt_cache.train.engine import Interval, evaluate, train_step
-from salt_cache.train.optim import make_optimizer, set_schedule
+from salt_cache.train.data import PlanAndDecode, TrainData, ValSet, to_device
+from salt_cache.train.engine import Interval, check_inputs, fit, val_columns
+from salt_cache.train.optim import make_optimizer
 from salt_cache.train.runs import Run
 
 STAGE = "teacher"
@@ -191,21 +190,9 @@ def train(config: TeacherConfig, out: Path, resume: bool = False, stop_at: int |
 def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, env: dist.DistEnv,
            show_progress: bool) -> dict:
     t_start = time.perf_counter()
-    if not config.data.train:
-        raise SaltCacheError("data.train: no training shards given (--data)")
-    shards = resolve_shards(config.data.train)
-    val_shards = resolve_shards(config.data.val) if config.data.val else None
-    per_rank, rest = divmod(config.batch_size, env.world_size * config.grad_accum)
-    if rest or per_rank < 1:
-        raise SaltCacheError(f"batch_size: {config.batch_size} does not split into {env.world_size} process(es) "
-                             f"x grad_accum {config.grad_accum} equal micro-batches")
-    check_splits(len(shards), env.world_size, config.workers)
-    names = [m.name for m in config.masks]
-    if stop_at is not None and stop_at < 1:
-        raise SaltCacheError(f"--stop-at: expected a step >= 1, got {stop_at}")
-    interval = Interval(names)
-    run = Run(out, config, env, STAGE, interval.columns(), ["step", "val_loss"] + [f"val_loss_{n}" for n in names],
-              resume=resume)
+    shards, val_shards, per_rank = check_inputs(config, env, stop_at)
+    interval = Interval([m.name for m in config.masks])
+    run = Run(out, config, env, STAGE, interval.columns(), val_columns(interval.set_names), resume=resume)
 
     torch.manual_seed(config.seed)
     model = build_model(config).to(env.device)
@@ -231,7 +218,6 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
         model.encoder.compile(dynamic=True)
         model.decoder.compile(dynamic=True)
     net = dist.wrap(model, env)
-    params = [p for p in model.parameters() if p.requires_grad]
     run.restore_rng()  # last, so nothing above shifts the RNG streams of a resumed run
 
     last_batch: dict | None = None
@@ -241,48 +227,19 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
         last_batch = to_device(data.next(), env.device, non_blocking=True)
         return last_batch
 
-    end = min(config.steps, stop_at) if stop_at else config.steps
-    if end <= run.step and run.step < config.steps:
-        raise SaltCacheError(f"--stop-at {stop_at}: the run is already at step {run.step}")
+    def picture(step: int) -> None:
+        pic = val.batch(0) if val is not None else last_batch
+        if pic is not None:
+            save_picture(model, to_device(pic, env.device), run.picture_path(step), step)
+
     summary = {"run": str(out), "rank": env.rank, "world_size": env.world_size, "start_step": run.step,
                "steps": config.steps}
-    prior = run.state["meta"] if run.state is not None else {}
-    loss, val_loss = prior.get("loss"), prior.get("val_loss")
-    bar = progress("steps") if env.is_main and show_progress else None
-    task = bar.add_task("V-Pixel", total=end, completed=run.step) if bar else None
-    if bar:
-        bar.start()
-    try:
-        for step in range(run.step, end):
-            lr, wd = set_schedule(optimizer, step, config.optim, config.steps)
-            result = train_step(net, optimizer, fetch, accum=config.grad_accum, params=params,
-                                clip_grad=config.optim.clip_grad, env=env, bf16=config.bf16, step=step)
-            done = step + 1
-            loss = result.loss
-            interval.add(result, config.batch_size)
-            if done % config.log_every == 0 or done == config.steps:
-                wait_s, skipped = data.take_stats()
-                run.log(interval.row(done, lr, wd, wait_s, skipped))
-            if val is not None and (done % config.val_every == 0 or done == config.steps):
-                v = evaluate(model, val, env, config.bf16)
-                if v is not None:
-                    val_loss = v[0]
-                    run.log_val({"step": done, "val_loss": v[0], **{f"val_loss_{n}": x for n, x in zip(names, v[1])}})
-            if done % config.ckpt_every == 0 or done == end:
-                run.save(done, modules, optimizer, data.state(), interval.state(),
-                         model_configs={"decoder": model.decoder.config}, meta={"loss": loss, "val_loss": val_loss})
-                if env.is_main:
-                    pic = val.batch(0) if val is not None else last_batch
-                    if pic is not None:
-                        save_picture(model, to_device(pic, env.device), run.picture_path(done), done)
-            if bar:
-                bar.update(task, completed=done, description=f"V-Pixel loss {loss:.4f}")
-    finally:
-        if bar:
-            bar.stop()
-        data.close()
-
-    summary.update({"end_step": end, "loss": loss, "val_loss": val_loss, "wall_s": time.perf_counter() - t_start})
+    summary.update(fit(config=config, env=env, run=run, net=net, model=model, modules=modules, optimizer=optimizer,
+                       data=data, val=val, interval=interval, fetch=fetch, stop_at=stop_at, title="V-Pixel",
+                       model_configs={"decoder": model.decoder.config}, meta={}, on_checkpoint=picture,
+                       show_progress=show_progress))
+    summary["wall_s"] = time.perf_counter() - t_start
+    end, loss, val_loss = summary["end_step"], summary["loss"], summary["val_loss"]
     if end == config.steps and env.is_main:
         teacher = save_encoder(out / "teacher.pt", model.encoder, meta={
             "origin": "train-teacher", "stage": STAGE, "run": str(out.resolve()), "step": end,
