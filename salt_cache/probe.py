@@ -473,6 +473,31 @@ def probe_spec(spec, encoder_config: dict):
     return spec, notes
 
 
+def encoder_checkpoint(path: Path, workdir: Path) -> tuple[Path, dict, dict]:
+    """An encoder checkpoint file for `build_cache`. `path` may hold an encoder (used as is), or
+    be a training run's state checkpoint or run folder (its checkpoints/last.pt): its encoder is
+    then saved as workdir/encoders/<sha256 of the source, 12 hex>.pt, once.
+    -> (encoder file, encoder config dict, source: {"kind", "stage", "step"})."""
+    from salt_cache.checkpoint import file_sha256, load_checkpoint, save_encoder
+
+    path = Path(path)
+    if path.is_file():
+        ckpt = load_checkpoint(path)
+        if ckpt.get("kind") == "encoder":
+            # build_cache loads the weights itself
+            return path, ckpt["config"], {"kind": "encoder", "stage": ckpt.get("meta", {}).get("stage"), "step": None}
+        del ckpt
+    from salt_cache.train.runs import load_run_encoder
+
+    model, meta = load_run_encoder(path)
+    source = path / "checkpoints" / "last.pt" if path.is_dir() else path
+    out = Path(workdir) / "encoders" / f"{file_sha256(source)[:12]}.pt"
+    if not out.is_file():
+        save_encoder(out, model, {"origin": "probe", "source": str(source), "step": meta.get("step"),
+                                  "stage": meta.get("stage")})
+    return out, model.config.to_dict(), {"kind": "run-state", "stage": meta.get("stage"), "step": meta.get("step")}
+
+
 def encode_split(encoder_ckpt: Path, paths: list[Path], spec, cache_dir: Path, batch_size: int = 8,
                  workers: int = 2, device: str = "cpu", progress=None) -> dict:
     """Encode every clip x view of `paths` once into a feature cache at `cache_dir` (a re-run
@@ -547,7 +572,8 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
                   progress=None) -> dict:
     """Frozen evaluation of an encoder checkpoint with an attentive probe.
 
-    encoder_ckpt: an encoder checkpoint (kind "encoder"); train / val: labelled shards (a folder,
+    encoder_ckpt: an encoder checkpoint, or a training run's checkpoint or folder (its encoder is
+    extracted, see `encoder_checkpoint`); train / val: labelled shards (a folder,
     brace pattern, comma list or list). Features are cached under `workdir` (default: a temporary
     folder, removed afterwards); `spec` as in `probe_spec`; `epochs`, `batch_size`, `lrs`, `wds`
     (sequences or '1e-3,3e-4' strings), `depth` override fields of `config`. `class_names[i]`
@@ -556,7 +582,7 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
     Returns the report (also written as JSON to `out`, a .json file or a folder): the best
     head's top-1 and per-class accuracy, chance, every head's (lr, wd, top-1, history), the
     feature caches (rows, tokens, width, encoder forwards of this call) and wall times."""
-    from salt_cache.checkpoint import file_sha256, load_checkpoint
+    from salt_cache.checkpoint import file_sha256
     from salt_cache.shards import resolve_shards
 
     t_start = time.perf_counter()
@@ -566,26 +592,26 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
                                    wds=None if wds is None else parse_floats(wds, "--wds")).items() if v is not None}
     if over:
         config = from_dict(ProbeConfig, {**to_dict(config), **over}, source="probe")
-    encoder_ckpt = Path(encoder_ckpt)
-    ckpt = load_checkpoint(encoder_ckpt, kind="encoder")
-    enc_cfg = ckpt["config"]
-    del ckpt  # only the config is needed here; build_cache loads the weights itself
-    if config.num_heads is None:
-        config = replace(config, num_heads=int(enc_cfg["num_heads"]))
-    spec, notes = probe_spec(spec, enc_cfg)
+    given = Path(encoder_ckpt)
+    if not given.exists():
+        raise SaltCacheError(f"{given}: checkpoint not found")
     paths = {"train": resolve_shards(train), "val": resolve_shards(val)}
     shared = {p.resolve() for p in paths["train"]} & {p.resolve() for p in paths["val"]}
     if shared:
         raise SaltCacheError(f"{sorted(shared)[0]}: the same shard is in both --train and --val")
     clip_counts = {split: check_labelled(ps, split) for split, ps in paths.items()}
 
-    sha = file_sha256(encoder_ckpt)
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="salt-probe-")
         workdir = Path(tmp.name)
-    root = Path(workdir) / f"{sha[:12]}-{_digest(to_dict(spec))[:8]}"
     try:
+        encoder_ckpt, enc_cfg, source = encoder_checkpoint(given, Path(workdir))
+        if config.num_heads is None:
+            config = replace(config, num_heads=int(enc_cfg["num_heads"]))
+        spec, notes = probe_spec(spec, enc_cfg)
+        sha = file_sha256(encoder_ckpt)
+        root = Path(workdir) / f"{sha[:12]}-{_digest(to_dict(spec))[:8]}"
         features, loaded = {}, {}
         t0 = time.perf_counter()
         for split, ps in paths.items():
@@ -620,7 +646,7 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
     counts = np.bincount(run.targets, minlength=len(classes))
     best = run.records[run.best]
     report = {
-        "encoder": {"path": str(encoder_ckpt), "sha256": sha, "config": enc_cfg},
+        "encoder": {"path": str(given), **source, "sha256": sha, "config": enc_cfg},
         "spec": to_dict(spec),
         "probe": to_dict(config),
         "features": features,

@@ -125,13 +125,12 @@ def select_checkpoints(run_dir: Path, train, val, *, spec=None, config=None, epo
 
     run_dir: a run folder (log.csv, checkpoints/step-NNNNNNN.pt); train / val: labelled shards;
     steps: only these checkpoint steps (default all); the probe arguments are those of
-    `probe_encoder`, the same for every checkpoint. Feature caches and the temporary encoder
-    files live under `workdir` (default: a temporary folder). `out` (a folder) receives
+    `probe_encoder`, the same for every checkpoint. Each checkpoint's encoder is saved as an
+    encoder checkpoint and encoded into its own feature cache, both under `workdir` (default: a
+    temporary folder). `out` (a folder) receives
     selection.json and selection.png. -> {"points": [{step, loss, loss_rows, top1, lr, wd}],
     "fit": {slope, intercept, r2, pearson_r, n}, "best": best point by top-1, "lowest_loss": ...}."""
-    from salt_cache.checkpoint import save_encoder
     from salt_cache.probe import probe_encoder
-    from salt_cache.train.runs import load_run_encoder
 
     run_dir = Path(run_dir)
     log = read_log(run_dir / "log.csv")
@@ -153,15 +152,13 @@ def select_checkpoints(run_dir: Path, train, val, *, spec=None, config=None, epo
             loss, used = loss_at(log, step, loss_window)
             if used == 0:
                 raise SaltCacheError(f"{run_dir / 'log.csv'}: no logged loss at or before step {step} ({path.name})")
-            encoder, meta = load_run_encoder(path)
-            stages.add(meta.get("stage") or "student")
-            enc_path = save_encoder(workdir / "encoders" / f"step-{step:07d}.pt", encoder,
-                                    meta={"origin": "select-checkpoints", "run": str(run_dir), "step": step})
-            del encoder
-            report = probe_encoder(enc_path, train, val, spec=spec, config=config, epochs=epochs,
+            # the run's encoder is saved as an encoder checkpoint under workdir/encoders, then
+            # encoded into its own feature cache under workdir
+            report = probe_encoder(path, train, val, spec=spec, config=config, epochs=epochs,
                                    batch_size=batch_size, lrs=lrs, wds=wds, depth=depth, device=device,
-                                   workdir=workdir / "features", encode_batch_size=encode_batch_size,
+                                   workdir=workdir, encode_batch_size=encode_batch_size,
                                    workers=workers, progress=progress)
+            stages.add(report["encoder"]["stage"] or "student")
             reports.append(report)
             points.append({"step": step, "checkpoint": str(path), "loss": loss, "loss_rows": used,
                            "top1": report["top1"], "lr": report["best"]["lr"], "wd": report["best"]["wd"]})

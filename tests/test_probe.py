@@ -336,7 +336,8 @@ def test_select_checkpoints_on_a_real_run(demo, tmp_path):
     assert res["fit"] == fit and res["stage"] == "teacher"
     assert json.loads((tmp_path / "sel" / "selection.json").read_text())["fit"] == fit
     assert (tmp_path / "sel" / "selection.png").read_bytes()[:4] == b"\x89PNG"
-    # three different encoders: each was encoded once into its own feature cache
-    assert len(list((tmp_path / "w" / "features").iterdir())) == 3
+    # three different encoders: each saved once and encoded once into its own feature cache
+    assert len(list((tmp_path / "w" / "encoders").iterdir())) == 3
+    assert len([p for p in (tmp_path / "w").iterdir() if p.name != "encoders"]) == 3
     with pytest.raises(SaltCacheError, match="no checkpoint for step 5"):
         select_checkpoints(run, train_shards, demo / "val", steps=[5])
