@@ -17,6 +17,7 @@ import numpy as np
 
 from salt_cache.errors import SaltCacheError
 
+
 def read_log(path: Path) -> list[tuple[int, float]]:
     """A run's log.csv -> [(step, loss)] in file order, rows with an empty or non-finite loss
     left out. Needs `step` and `loss` columns."""
@@ -127,9 +128,10 @@ def select_checkpoints(run_dir: Path, train, val, *, spec=None, config=None, epo
     steps: only these checkpoint steps (default all); the probe arguments are those of
     `probe_encoder`, the same for every checkpoint. Each checkpoint's encoder is saved as an
     encoder checkpoint and encoded into its own feature cache, both under `workdir` (default: a
-    temporary folder). `out` (a folder) receives
-    selection.json and selection.png. -> {"points": [{step, loss, loss_rows, top1, lr, wd}],
-    "fit": {slope, intercept, r2, pearson_r, n}, "best": best point by top-1, "lowest_loss": ...}."""
+    temporary folder). `out` (a folder) receives selection.json and selection.png.
+    -> {"points": [{step, checkpoint, loss, loss_rows, top1, lr, wd}], "fit": {slope, intercept,
+    r2, pearson_r, n}, "best": the point with the best top-1, "lowest_loss": the point with the
+    lowest loss, "stage", "chance", "probe", "spec", "plot" (with `out`)}."""
     from salt_cache.probe import probe_encoder
 
     run_dir = Path(run_dir)
@@ -141,6 +143,11 @@ def select_checkpoints(run_dir: Path, train, val, *, spec=None, config=None, epo
         if unknown:
             raise SaltCacheError(f"{run_dir}: no checkpoint for step {unknown[0]} (have {', '.join(str(s) for s, _ in ckpts)})")
         ckpts = [(s, p) for s, p in ckpts if s in wanted]
+    losses = {}
+    for step, path in ckpts:  # every pairing is checked before the first (costly) probe
+        losses[step] = loss_at(log, step, loss_window)
+        if losses[step][1] == 0:
+            raise SaltCacheError(f"{run_dir / 'log.csv'}: no logged loss at or before step {step} ({path.name})")
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="salt-select-")
@@ -149,9 +156,7 @@ def select_checkpoints(run_dir: Path, train, val, *, spec=None, config=None, epo
     points, reports, stages = [], [], set()
     try:
         for step, path in ckpts:
-            loss, used = loss_at(log, step, loss_window)
-            if used == 0:
-                raise SaltCacheError(f"{run_dir / 'log.csv'}: no logged loss at or before step {step} ({path.name})")
+            loss, used = losses[step]
             # the run's encoder is saved as an encoder checkpoint under workdir/encoders, then
             # encoded into its own feature cache under workdir
             report = probe_encoder(path, train, val, spec=spec, config=config, epochs=epochs,

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from typer.testing import CliRunner
 
 from salt_cache.errors import SaltCacheError
 from salt_cache.probe import (
-    FeatureSet, ProbeConfig, class_index, make_heads, print_report, probe_encoder, train_probes,
+    FeatureSet, ProbeConfig, class_index, make_heads, probe_encoder, train_probes,
 )
 from salt_cache.selection import linear_fit, loss_at, plot_selection, read_log
 
@@ -336,6 +334,16 @@ def test_select_checkpoints_on_a_real_run(demo, tmp_path):
     assert res["fit"] == fit and res["stage"] == "teacher"
     assert json.loads((tmp_path / "sel" / "selection.json").read_text())["fit"] == fit
     assert (tmp_path / "sel" / "selection.png").read_bytes()[:4] == b"\x89PNG"
+    from io import StringIO
+
+    from rich.console import Console
+
+    from salt_cache.selection import print_selection
+
+    text = StringIO()
+    print_selection(res, Console(file=text, width=120))
+    r2 = "n/a" if fit["r2"] is None else f"{fit['r2']:.3f}"
+    assert f"R^2 = {r2}" in text.getvalue()
     # three different encoders: each saved once and encoded once into its own feature cache
     assert len(list((tmp_path / "w" / "encoders").iterdir())) == 3
     assert len([p for p in (tmp_path / "w").iterdir() if p.name != "encoders"]) == 3
