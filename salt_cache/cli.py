@@ -352,3 +352,57 @@ def train_student(
     print_summary(summary)
     if json_out:
         typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("run")
+@user_errors
+def run_recipe(
+    file: str = typer.Argument(..., help="A pipeline YAML (see pipelines/), or the name of a bundled one."),
+    workdir: Optional[Path] = typer.Option(None, help="Where the stages write (default: the file's workdir)."),
+    var: Optional[list[str]] = typer.Option(None, help="Set a ${name} of the pipeline: name=value (repeatable)."),
+    only: Optional[list[str]] = typer.Option(None, help="Run only these stages (repeatable)."),
+):
+    """Run an end-to-end recipe, skipping every stage whose output is already complete."""
+    from salt_cache.pipeline import run_pipeline
+
+    variables = {}
+    for item in var or []:
+        if "=" not in item:
+            raise SaltCacheError(f"--var {item!r}: expected name=value")
+        k, v = item.split("=", 1)
+        variables[k] = v
+    run_pipeline(file, workdir=workdir, variables=variables, only=only)
+
+
+@app.command()
+@user_errors
+def quickstart(
+    workdir: Path = typer.Option(Path("quickstart"), help="Where the demo data, runs, cache and report go."),
+):
+    """The whole method on the embedded demo data, no input needed: demo data, Stage 1 teacher,
+    cache build, verify, Stage 2 student, probe of teacher and student, report (~10 min on 2 CPU cores)."""
+    from salt_cache.pipeline import run_pipeline
+
+    run_pipeline("quickstart", workdir=workdir)
+
+
+@app.command("select")
+@user_errors
+def select(
+    run: Path = typer.Option(..., help="A Stage 2 run folder (log.csv, checkpoints/step-*.pt)."),
+    train: list[str] = typer.Option(..., help="Labelled shards to train the probes on (repeatable)."),
+    val: list[str] = typer.Option(..., help="Labelled shards to measure top-1 on (repeatable)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for selection.json and selection.png (default: RUN/selection)."),
+    steps: Optional[list[int]] = typer.Option(None, help="Only these checkpoint steps (repeatable; default all)."),
+    epochs: Optional[int] = typer.Option(None, help="Probe epochs."),
+    device: str = typer.Option("cpu", help="Device for encoding and probing."),
+    workers: int = typer.Option(2, help="DataLoader workers decoding clips."),
+):
+    """Model selection: probe every saved checkpoint of a Stage 2 run and report the student's
+    training loss against probe accuracy, with the R^2 of a linear fit (the paper's Figure 3)."""
+    from salt_cache.selection import print_selection, select_checkpoints
+
+    with progress("it") as bar:
+        result = select_checkpoints(run, list(train), list(val), out=out or run / "selection", steps=steps,
+                                    epochs=epochs, device=device, workers=workers, progress=bar)
+    print_selection(result)

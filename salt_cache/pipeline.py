@@ -1,0 +1,328 @@
+"""End-to-end recipes: a YAML list of stages run in order, each skipped when its output is
+already complete, so a re-run after a crash (or with more stages added) continues where it was.
+
+    name: quickstart
+    vars: {data: data}                       # ${data} in any string below; --var data=... overrides
+    stages:
+      - {name: data,    kind: demo-data,     out: data, clips: 320}
+      - {name: teacher, kind: train-teacher, out: teacher, train: data/train, val: data/val, config: {...}}
+      - {name: cache,   kind: build,         teacher: teacher/teacher.pt, data: [data/train, data/val], spec: demo, out: cache}
+      - ...
+
+Relative paths are taken from the work dir. A training stage whose run folder holds a
+checkpoint but no exported encoder resumes it. Wall times and results go to WORKDIR/pipeline.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from salt_cache import config as cfgio
+from salt_cache.console import console, progress, write_json
+from salt_cache.errors import SaltCacheError
+
+PIPELINES_DIR = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+@dataclass
+class StageSpec:
+    name: str
+    kind: str
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class Pipeline:
+    name: str
+    stages: list[StageSpec]
+    workdir: str = "."
+    source: str = ""
+
+
+def resolve_pipeline_path(path_or_name: str | Path) -> Path:
+    p = Path(path_or_name)
+    if p.is_file():
+        return p
+    bundled = PIPELINES_DIR / f"{path_or_name}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = ", ".join(sorted(q.stem for q in PIPELINES_DIR.glob("*.yaml")))
+    raise SaltCacheError(f"{path_or_name}: no such pipeline file (bundled: {names})")
+
+
+def load_pipeline(path_or_name: str | Path, variables: dict[str, str] | None = None) -> Pipeline:
+    """Read and check a pipeline YAML: every stage has a known kind and a unique name; ${vars}
+    are substituted (the file's `vars`, overridden by `variables`)."""
+    path = resolve_pipeline_path(path_or_name)
+    data = cfgio.load_yaml(path)
+    unknown = sorted(set(data) - {"name", "vars", "workdir", "stages"})
+    if unknown:
+        raise SaltCacheError(f"{path}: {unknown[0]}: unknown field (expected name, vars, workdir, stages)")
+    values = {str(k): str(v) for k, v in (data.get("vars") or {}).items()}
+    values.update(variables or {})
+    data = _substitute(data, values, path)
+    stages = []
+    for i, raw in enumerate(data.get("stages") or []):
+        if not isinstance(raw, dict) or "kind" not in raw:
+            raise SaltCacheError(f"{path}: stages[{i}]: expected a mapping with a 'kind'")
+        args = dict(raw)
+        kind = args.pop("kind")
+        name = str(args.pop("name", kind))
+        if kind not in KINDS:
+            raise SaltCacheError(f"{path}: stages[{i}] ({name}): unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
+        if any(s.name == name for s in stages):
+            raise SaltCacheError(f"{path}: stages[{i}]: a stage named {name!r} comes twice")
+        stages.append(StageSpec(name, kind, args))
+    if not stages:
+        raise SaltCacheError(f"{path}: stages: expected at least one stage")
+    return Pipeline(name=str(data.get("name", path.stem)), stages=stages, workdir=str(data.get("workdir", ".")),
+                    source=str(path))
+
+
+def _substitute(obj, values: dict[str, str], path: Path):
+    if isinstance(obj, str):
+        whole = re.fullmatch(r"\$\{(\w+)\}", obj)
+        if whole and whole.group(1) in values:  # a value standing alone keeps its YAML type (steps: ${steps})
+            import yaml
+
+            return yaml.safe_load(values[whole.group(1)])
+
+        def repl(m):
+            if m.group(1) not in values:
+                raise SaltCacheError(f"{path}: ${{{m.group(1)}}} is not set (add it under vars or pass --var {m.group(1)}=...)")
+            return values[m.group(1)]
+        return re.sub(r"\$\{(\w+)\}", repl, obj)
+    if isinstance(obj, dict):
+        return {k: _substitute(v, values, path) for k, v in obj.items() if k != "vars"}
+    if isinstance(obj, list):
+        return [_substitute(v, values, path) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------- stage kinds
+
+class Ctx:
+    """What a stage sees: its args with paths resolved against the work dir, and the results of
+    earlier stages."""
+
+    def __init__(self, workdir: Path, results: dict):
+        self.workdir, self.results = workdir, results
+
+    def path(self, value) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else self.workdir / p
+
+    def paths(self, value) -> list[str]:
+        items = value if isinstance(value, list) else [value]
+        return [str(self.path(v)) for v in items]
+
+
+def _need(stage: StageSpec, *names: str) -> None:
+    for n in names:
+        if n not in stage.args:
+            raise SaltCacheError(f"stage {stage.name!r} ({stage.kind}): missing field {n!r}")
+
+
+def _demo_done(s: StageSpec, c: Ctx) -> bool:
+    out = c.path(s.args["out"])
+    return (out / "train" / "index.json").is_file() and (out / "val" / "index.json").is_file()
+
+
+def _demo_run(s: StageSpec, c: Ctx) -> dict:
+    from salt_cache.demo import make_demo_data
+
+    args = {k: v for k, v in s.args.items() if k != "out"}
+    with progress("clips") as bar:
+        return make_demo_data(c.path(s.args["out"]), overwrite=True, progress=bar, **args)
+
+
+def _shards_done(s: StageSpec, c: Ctx) -> bool:
+    return (c.path(s.args["out"]) / "index.json").is_file()
+
+
+def _shards_run(s: StageSpec, c: Ctx) -> dict:
+    from salt_cache.shards import write_shards
+
+    with progress("files") as bar:
+        summary = write_shards(c.path(s.args["src"]), c.path(s.args["out"]), shard_size=int(s.args.get("shard_size", 100)),
+                               overwrite=True, workers=int(s.args.get("workers", 2)), progress=bar)
+    return {"packed": summary.packed, "rejected": len(summary.rejected), "shards": len(summary.shards)}
+
+
+def _train_config(s: StageSpec, c: Ctx, cls, extra_flags: dict):
+    from salt_cache.train.config import load_run_config
+
+    conf = s.args.get("config") or {}
+    if isinstance(conf, str):
+        conf = cfgio.load_yaml(c.path(conf))
+    flags = {"data.train": c.paths(s.args["train"]),
+             "data.val": c.paths(s.args["val"]) if s.args.get("val") else None, **extra_flags}
+    return load_run_config(cls, flags=flags, sets=list(s.args.get("set") or []), base=conf)
+
+
+def _encoder_done(filename: str) -> Callable:
+    return lambda s, c: (c.path(s.args["out"]) / filename).is_file()
+
+
+def _teacher_run(s: StageSpec, c: Ctx) -> dict:
+    from salt_cache.train.teacher import TeacherConfig, print_summary, train
+
+    _need(s, "out", "train")
+    out = c.path(s.args["out"])
+    cfg = _train_config(s, c, TeacherConfig, {})
+    summary = train(cfg, out, resume=(out / "checkpoints" / "last.pt").is_file())
+    print_summary(summary)
+    return {k: summary.get(k) for k in ("loss", "val_loss", "end_step", "teacher")}
+
+
+def _student_run(s: StageSpec, c: Ctx) -> dict:
+    from salt_cache.train.student import StudentConfig, print_summary, train
+
+    _need(s, "out", "train", "cache")
+    out = c.path(s.args["out"])
+    cfg = _train_config(s, c, StudentConfig, {"cache": str(c.path(s.args["cache"]))})
+    summary = train(cfg, out, resume=(out / "checkpoints" / "last.pt").is_file())
+    print_summary(summary)
+    return {k: summary.get(k) for k in ("loss", "val_loss", "end_step", "student", "data_wait_frac")}
+
+
+def _build_done(s: StageSpec, c: Ctx) -> bool:
+    doc = c.path(s.args["out"]) / "cache.json"
+    return doc.is_file() and json.loads(doc.read_text()).get("status") == "complete"
+
+
+def _build_run(s: StageSpec, c: Ctx) -> dict:
+    from salt_cache.cache import build_cache
+    from salt_cache.cache.tables import build_tables
+
+    _need(s, "teacher", "data", "spec", "out")
+    with progress("clips") as bar:
+        summary = build_cache(c.path(s.args["teacher"]), c.paths(s.args["data"]), s.args["spec"],
+                              c.path(s.args["out"]), batch_size=int(s.args.get("batch_size", 8)),
+                              workers=int(s.args.get("workers", 2)), device=str(s.args.get("device", "cpu")),
+                              progress=bar)
+    for table in build_tables(summary):
+        console.print(table)
+    return {k: summary.to_dict()[k] for k in ("clips", "rows", "failed", "bytes", "bytes_per_row", "fp32_bytes_per_row")}
+
+
+def _verify_done(s: StageSpec, c: Ctx) -> bool:
+    report = c.path(s.args.get("out", "verify.json"))
+    return report.is_file() and json.loads(report.read_text()).get("ok") is True
+
+
+def _verify_run(s: StageSpec, c: Ctx) -> dict:
+    from salt_cache.cache.verify import run_verify
+
+    _need(s, "cache")
+    teacher = c.path(s.args["teacher"]) if s.args.get("teacher") else None
+    with progress("rows") as bar:
+        report = run_verify(c.path(s.args["cache"]), data=c.paths(s.args["data"]) if s.args.get("data") else None,
+                            teacher=teacher, sample=int(s.args.get("sample", 0)), progress=bar)
+    doc = report.to_dict()
+    write_json(c.path(s.args.get("out", "verify.json")), doc)
+    if not report.ok:
+        raise SaltCacheError(f"stage {s.name!r}: the cache fails verification: {report.problems[0].line()}"
+                             f" ({len(report.problems)} problem(s); see {c.path(s.args.get('out', 'verify.json'))})")
+    return {"ok": True, "problems": 0}
+
+
+def _probe_done(s: StageSpec, c: Ctx) -> bool:
+    return c.path(s.args["out"]).is_file()
+
+
+def _probe_run(s: StageSpec, c: Ctx) -> dict:
+    from salt_cache.probe import print_report, probe_encoder
+
+    _need(s, "encoder", "train", "val", "out")
+    known = ("spec", "epochs", "batch_size", "lrs", "wds", "depth", "device", "workers", "encode_batch_size")
+    extra = {k: s.args[k] for k in known if k in s.args}
+    names = None
+    if s.args.get("class_names"):
+        names_file = c.path(s.args["class_names"])
+        names = names_file.read_text().split() if names_file.is_file() else None
+    with progress("it") as bar:
+        report = probe_encoder(c.path(s.args["encoder"]), c.paths(s.args["train"]), c.paths(s.args["val"]),
+                               out=c.path(s.args["out"]), class_names=names, progress=bar, **extra)
+    print_report(report)
+    return {"top1": report["top1"], "chance": report["chance"]}
+
+
+def _report_run(s: StageSpec, c: Ctx) -> dict:
+    from salt_cache.report import quickstart_report
+
+    return quickstart_report(c.workdir, s.args, c.results)
+
+
+KINDS: dict[str, tuple[Callable, Callable | None]] = {
+    # kind: (run, done-or-None: None means it always runs)
+    "demo-data": (_demo_run, _demo_done),
+    "shards": (_shards_run, _shards_done),
+    "train-teacher": (_teacher_run, _encoder_done("teacher.pt")),
+    "build": (_build_run, _build_done),
+    "verify": (_verify_run, _verify_done),
+    "train-student": (_student_run, _encoder_done("student.pt")),
+    "probe": (_probe_run, _probe_done),
+    "report": (_report_run, None),
+}
+
+
+def run_pipeline(path_or_name: str | Path, workdir: Path | None = None, variables: dict[str, str] | None = None,
+                 only: list[str] | None = None) -> dict:
+    """Run every stage not yet complete, in order. Returns {stage: {status, wall_s, result}},
+    also kept in WORKDIR/pipeline.json (wall times of stages done earlier are kept)."""
+    pipe = load_pipeline(path_or_name, variables)
+    wd = Path(workdir if workdir is not None else pipe.workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    record_path = wd / "pipeline.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    stages_rec: dict[str, Any] = record.get("stages", {})
+    if only:
+        missing = sorted(set(only) - {s.name for s in pipe.stages})
+        if missing:
+            raise SaltCacheError(f"--only {missing[0]}: no such stage in {pipe.source}")
+    ctx = Ctx(wd, {name: r.get("result") for name, r in stages_rec.items()})
+    for i, stage in enumerate(pipe.stages, start=1):
+        run, done = KINDS[stage.kind]
+        head = f"[bold cyan]stage {i}/{len(pipe.stages)}: {stage.name}[/] ({stage.kind})"
+        if only and stage.name not in only:
+            continue
+        if done is not None and done(stage, ctx):
+            console.print(f"{head}: complete, skipped")
+            stages_rec.setdefault(stage.name, {"kind": stage.kind, "wall_s": None, "result": None})
+            stages_rec[stage.name]["status"] = "skipped (complete)"
+            continue
+        console.rule(head)
+        prev = stages_rec.get(stage.name, {})
+        # a stage resumed after an interruption adds to the time it had already spent
+        spent = prev.get("wall_s") or 0.0 if prev.get("status") == "interrupted" else 0.0
+        t0 = time.perf_counter()
+        try:
+            result = run(stage, ctx)
+        except BaseException:
+            stages_rec[stage.name] = {"kind": stage.kind, "status": "interrupted",
+                                      "wall_s": round(spent + time.perf_counter() - t0, 2), "result": None}
+            if _is_main():
+                write_json(record_path, {"pipeline": pipe.name, "source": pipe.source, "stages": stages_rec})
+            raise
+        stages_rec[stage.name] = {"kind": stage.kind, "status": "done",
+                                  "wall_s": round(spent + time.perf_counter() - t0, 2), "result": _plain(result)}
+        ctx.results[stage.name] = stages_rec[stage.name]["result"]
+        if _is_main():
+            write_json(record_path, {"pipeline": pipe.name, "source": pipe.source, "stages": stages_rec})
+    return stages_rec
+
+
+def _is_main() -> bool:
+    """Under torchrun every rank runs the pipeline (the stages are rank-aware); one writes the record."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _plain(obj):
+    return json.loads(json.dumps(obj, default=str))

@@ -1,0 +1,129 @@
+"""The quickstart's closing report: a table (teacher vs student top-1, chance, wall time per
+stage) and two pictures (loss curves of both stages, probe comparison), also as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from salt_cache.console import console, write_json
+from salt_cache.errors import SaltCacheError
+
+
+def _read_csv(path: Path) -> list[dict]:
+    from salt_cache.train.runs import read_log
+
+    return read_log(path) if path.is_file() else []
+
+
+def plot_losses(runs: dict[str, Path], path: Path) -> Path:
+    """One panel per run: train loss (log.csv) and validation loss (val.csv) against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 3.6), squeeze=False)
+    for ax, (label, run) in zip(axes[0], runs.items()):
+        log, val = _read_csv(run / "log.csv"), _read_csv(run / "val.csv")
+        if log:
+            ax.plot([r["step"] for r in log], [r["loss"] for r in log], label="train loss")
+        if val:
+            ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
+        ax.set_title(label)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_probes(reports: dict[str, dict], path: Path) -> Path:
+    """Grouped bars: top-1 overall and per class for each encoder, with chance as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    first = next(iter(reports.values()))
+    classes = list(first["best"]["per_class"])
+    groups = ["all"] + classes
+    x = np.arange(len(groups))
+    width = 0.8 / len(reports)
+    fig, ax = plt.subplots(figsize=(1.3 * len(groups) + 2.5, 3.8))
+    for i, (label, rep) in enumerate(reports.items()):
+        per = list(rep["best"]["per_class"].values())  # same val split: same classes, same order
+        if len(per) != len(classes):
+            raise SaltCacheError(f"probe reports disagree on the classes ({len(per)} vs {len(classes)}): not the same val split")
+        vals = [rep["top1"]] + [_class_acc(v) for v in per]
+        bars = ax.bar(x + (i - (len(reports) - 1) / 2) * width, vals, width, label=f"{label} ({rep['top1']:.1%})")
+        ax.bar_label(bars, labels=[f"{v:.0%}" for v in vals], fontsize=7)
+    ax.axhline(first["chance"], color="k", ls="--", lw=1, label=f"chance ({first['chance']:.0%})")
+    ax.set_xticks(x, groups)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("top-1 (frozen attentive probe)")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _class_acc(v) -> float:
+    return float(v["accuracy"] if isinstance(v, dict) else v)
+
+
+def quickstart_report(workdir: Path, args: dict, results: dict | None = None) -> dict:
+    """args: teacher_run, student_run (run folders), teacher_probe, student_probe (probe JSON),
+    out (folder for report.json, losses.png, probes.png); all relative to `workdir`."""
+    wd = Path(workdir)
+
+    def p(key: str) -> Path:
+        if key not in args:
+            raise SaltCacheError(f"report stage: missing field {key!r}")
+        v = Path(args[key])
+        return v if v.is_absolute() else wd / v
+
+    out = p("out") if "out" in args else wd
+    probes = {}
+    for label, key in (("teacher", "teacher_probe"), ("student", "student_probe")):
+        path = p(key)
+        if not path.is_file():
+            raise SaltCacheError(f"{path}: probe report not found (run the probe stage first)")
+        probes[label] = json.loads(path.read_text())
+    losses = plot_losses({"Stage 1 teacher (V-Pixel)": p("teacher_run"), "Stage 2 student (SALT)": p("student_run")},
+                         out / "losses.png")
+    bars = plot_probes(probes, out / "probes.png")
+    record = json.loads((wd / "pipeline.json").read_text()) if (wd / "pipeline.json").is_file() else {}
+    walls = {name: r.get("wall_s") for name, r in record.get("stages", {}).items() if r.get("kind") != "report"}
+    report = {
+        "teacher_top1": probes["teacher"]["top1"], "student_top1": probes["student"]["top1"],
+        "chance": probes["teacher"]["chance"],
+        "teacher_encoder": probes["teacher"]["encoder"]["config"], "student_encoder": probes["student"]["encoder"]["config"],
+        "wall_s": walls, "wall_total_s": round(sum(v for v in walls.values() if v), 1),
+        "pictures": {"losses": str(losses), "probes": str(bars)},
+    }
+    write_json(out / "report.json", report)
+    print_quickstart(report)
+    return report
+
+
+def print_quickstart(report: dict) -> None:
+    t = Table(title="SALT quickstart: frozen attentive probe on the demo task (direction of time)")
+    t.add_column("", style="bold")
+    t.add_column("value", justify="right")
+    t.add_row("teacher top-1 (Stage 1, V-Pixel)", f"{report['teacher_top1']:.1%}")
+    t.add_row("student top-1 (Stage 2, SALT)", f"{report['student_top1']:.1%}")
+    t.add_row("chance", f"{report['chance']:.1%}")
+    for name, wall in report["wall_s"].items():
+        t.add_row(f"wall time: {name}", "-" if wall is None else f"{wall:.0f} s")
+    t.add_row("wall time: total", f"{report['wall_total_s']:.0f} s")
+    console.print(t)
+    console.print(f"pictures: {report['pictures']['losses']}, {report['pictures']['probes']}")

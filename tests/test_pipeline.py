@@ -1,0 +1,123 @@
+"""`salt-cache run`: a tiny end-to-end recipe through every stage kind on demo data, a re-run that
+skips every complete stage, and recipe errors that name the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from salt_cache.cli import app
+from salt_cache.errors import SaltCacheError
+from salt_cache.pipeline import load_pipeline
+
+runner = CliRunner()
+
+TINY = """
+name: tiny
+vars: {steps: "4"}
+stages:
+  - {name: data, kind: demo-data, out: data, clips: 32, size: 32, frames: 8, shard_size: 4}
+  - name: teacher
+    kind: train-teacher
+    out: teacher
+    train: data/train
+    val: data/val
+    config:
+      model: {name: micro, patch_size: 8, tubelet_size: 2}
+      clip: {frames: 4, frame_step: 2, size: 32}
+      decoder: {embed_dim: 32, depth: 1, num_heads: 2}
+      steps: ${steps}
+      batch_size: 4
+      workers: 1
+      device: cpu
+      log_every: 1
+      val_every: 2
+      ckpt_every: 2
+      val_batches: 1
+      data: {val_batch_size: 4}
+  - {name: spec, kind: build, teacher: teacher/teacher.pt, data: [data/train, data/val], spec: SPEC, out: cache, workers: 1}
+  - {name: verify, kind: verify, cache: cache, data: [data/train, data/val], teacher: teacher/teacher.pt, sample: 2}
+  - name: student
+    kind: train-student
+    out: student
+    cache: cache
+    train: data/train
+    val: data/val
+    config:
+      model: {name: micro, patch_size: 8, tubelet_size: 2}
+      clip: {frames: 4, frame_step: 2, size: 32}
+      predictor: {embed_dim: 32, depth: 1, num_heads: 2}
+      steps: 4
+      batch_size: 4
+      workers: 1
+      device: cpu
+      log_every: 1
+      val_every: 2
+      ckpt_every: 2
+      val_batches: 1
+      data: {val_batch_size: 4}
+  - {name: probe-teacher, kind: probe, encoder: teacher/teacher.pt, train: data/train, val: data/val, out: pt.json, epochs: 2, workers: 1, class_names: data/classes.txt}
+  - {name: probe-student, kind: probe, encoder: student/student.pt, train: data/train, val: data/val, out: ps.json, epochs: 2, workers: 1}
+  - {name: report, kind: report, teacher_run: teacher, student_run: student, teacher_probe: pt.json, student_probe: ps.json, out: report}
+"""
+
+SPEC = """name: tiny32
+clip: {frames: 4, frame_step: 2, size: 32, crop: random-resized, scale: [0.5, 1.0], ratio: [0.75, 1.35]}
+views: 2
+patch_size: 8
+tubelet_size: 2
+storage: {dtype: float16, rows_per_shard: 4}
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_recipe_runs_end_to_end_then_skips_complete_stages(tmp_path):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY.replace("SPEC", str(tmp_path / "spec.yaml")))
+    wd = tmp_path / "work"
+    res = runner.invoke(app, ["run", str(recipe), "--workdir", str(wd)])
+    assert res.exit_code == 0, res.output
+    record = json.loads((wd / "pipeline.json").read_text())["stages"]
+    assert all(r["status"] == "done" for r in record.values()), record
+    assert (wd / "teacher" / "teacher.pt").is_file() and (wd / "student" / "student.pt").is_file()
+    assert json.loads((wd / "verify.json").read_text())["ok"] is True
+    report = json.loads((wd / "report" / "report.json").read_text())
+    assert 0 <= report["teacher_top1"] <= 1 and report["chance"] == 0.25
+    assert set(report["wall_s"]) == {"data", "teacher", "spec", "verify", "student", "probe-teacher", "probe-student"}
+    for png in ("losses.png", "probes.png"):
+        assert (wd / "report" / png).stat().st_size > 10_000
+    assert json.loads((wd / "pt.json").read_text())["best"]["per_class"].keys() == {"move-right", "move-left", "grow", "shrink"}
+    # a second run redoes nothing but the report
+    teacher_mtime = (wd / "teacher" / "teacher.pt").stat().st_mtime_ns
+    res = runner.invoke(app, ["run", str(recipe), "--workdir", str(wd)])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("complete, skipped") == 7
+    assert (wd / "teacher" / "teacher.pt").stat().st_mtime_ns == teacher_mtime
+    record = json.loads((wd / "pipeline.json").read_text())["stages"]
+    assert record["teacher"]["wall_s"] > 0 and record["teacher"]["status"] == "skipped (complete)"
+
+
+def test_recipe_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - {kind: bake, out: x}\n")
+    with pytest.raises(SaltCacheError, match=r"stages\[0\] \(bake\): unknown kind 'bake'"):
+        load_pipeline(bad)
+    bad.write_text("stages:\n  - {kind: demo-data, out: '${where}'}\n")
+    with pytest.raises(SaltCacheError, match=r"\$\{where\} is not set"):
+        load_pipeline(bad)
+    assert load_pipeline(bad, {"where": "d"}).stages[0].args["out"] == "d"
+    res = runner.invoke(app, ["run", str(tmp_path / "nope.yaml")])
+    assert res.exit_code == 1 and "no such pipeline file" in res.output and "quickstart" in res.output
+    for name in ("quickstart", "vitl-paper"):
+        assert load_pipeline(name).stages
