@@ -293,21 +293,28 @@ def train_teacher(
 ):
     """Stage 1 (V-Pixel): train a video ViT teacher by pixel reconstruction under multi-block
     masks; writes OUT/teacher.pt. Under [bold]torchrun[/], trains with DDP."""
+    from salt_cache.train import teacher as stage
+
+    flags = {"data.train": _shard_flag(data), "data.val": _shard_flag(val), "model.name": model, "steps": steps,
+             "batch_size": batch_size, "device": device, "workers": workers, "seed": seed}
+    _run_training(stage, stage.TeacherConfig, out, config, resume, stop_at, flags, set_, json_out)
+
+
+def _shard_flag(values):
+    return None if not values else (values[0] if len(values) == 1 else list(values))
+
+
+def _run_training(stage, config_cls, out, config, resume, stop_at, flags, sets, json_out) -> None:
+    """What train-teacher and train-student share: resolve the config, train, print on rank 0."""
     import json
 
     from salt_cache.train.runs import resolve_config
-    from salt_cache.train.teacher import TeacherConfig, print_summary, train
 
-    def shards(values):
-        return None if not values else (values[0] if len(values) == 1 else list(values))
-
-    flags = {"data.train": shards(data), "data.val": shards(val), "model.name": model, "steps": steps,
-             "batch_size": batch_size, "device": device, "workers": workers, "seed": seed}
-    cfg = resolve_config(TeacherConfig, out, config, resume, flags=flags, sets=set_ or [])
-    summary = train(cfg, out, resume=resume, stop_at=stop_at)
+    cfg = resolve_config(config_cls, out, config, resume, flags=flags, sets=sets or [])
+    summary = stage.train(cfg, out, resume=resume, stop_at=stop_at)
     if summary.get("rank", 0) != 0:
         return
-    print_summary(summary)
+    stage.print_summary(summary)
     if json_out:
         typer.echo(json.dumps(summary, indent=2, default=str))
 
@@ -334,24 +341,12 @@ def train_student(
 ):
     """Stage 2 (SALT): train a student and predictor on the cached teacher latents, streaming the
     videos alongside the cache; writes OUT/student.pt. Under [bold]torchrun[/], trains with DDP."""
-    import json
+    from salt_cache.train import student as stage
 
-    from salt_cache.train.runs import resolve_config
-    from salt_cache.train.student import StudentConfig, print_summary, train
-
-    def shards(values):
-        return None if not values else (values[0] if len(values) == 1 else list(values))
-
-    flags = {"cache": cache, "online_teacher": online_teacher, "data.train": shards(data), "data.val": shards(val),
-             "model.name": model, "steps": steps, "batch_size": batch_size, "device": device, "workers": workers,
-             "seed": seed}
-    cfg = resolve_config(StudentConfig, out, config, resume, flags=flags, sets=set_ or [])
-    summary = train(cfg, out, resume=resume, stop_at=stop_at)
-    if summary.get("rank", 0) != 0:
-        return
-    print_summary(summary)
-    if json_out:
-        typer.echo(json.dumps(summary, indent=2, default=str))
+    flags = {"cache": cache, "online_teacher": online_teacher, "data.train": _shard_flag(data),
+             "data.val": _shard_flag(val), "model.name": model, "steps": steps, "batch_size": batch_size,
+             "device": device, "workers": workers, "seed": seed}
+    _run_training(stage, stage.StudentConfig, out, config, resume, stop_at, flags, set_, json_out)
 
 
 @app.command("run")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from salt_cache.demo import make_demo_data
 
@@ -41,3 +45,22 @@ def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     make_demo_data(out, clips=48, size=32, frames=12, seed=0, shard_size=10)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """The 2-core CI box is shared: an oversubscribed OpenMP pool makes tiny forwards crawl.
+    (Builds and training runs set their own count: cores minus DataLoader workers.)"""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def torchrun_cli(tmp_path: Path, args: list[str], nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`salt-cache ARGS` under torchrun with `nproc` CPU processes (gloo), one thread each."""
+    script = tmp_path / "salt_cache_cli.py"
+    script.write_text("from salt_cache.cli import app\napp(prog_name='salt-cache')\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), str(script)]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})

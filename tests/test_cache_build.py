@@ -33,13 +33,6 @@ def built(demo, tmp_path_factory):
     return {"root": root, "teacher": teacher, "spec": spec, "cache": root / "cache", "summary": summary}
 
 
-@pytest.fixture
-def one_thread():
-    """The 2-core CI box is shared: an oversubscribed OpenMP pool makes tiny forwards crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_every_row_is_the_teacher_output_of_its_stored_view(built, demo, one_thread):

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from salt_cache.cache import CacheReader, build_cache, verify_cache
 from salt_cache.cli import app
 from test_cache_common import assert_same_cache, make_teacher, store_arrays, write_spec
+from conftest import torchrun_cli
 
 runner = CliRunner()
 BATCH = 2
@@ -83,12 +84,7 @@ def test_sigkill_mid_build_then_rerun_equals_a_clean_build(ref, tmp_path):
 
 def test_torchrun_two_processes_equal_one_process(ref, tmp_path):
     out = tmp_path / "dist"
-    script = tmp_path / "salt_cache_cli.py"
-    script.write_text("from salt_cache.cli import app\napp(prog_name='salt-cache')\n")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)] \
-        + build_args(ref, out, workers=1)
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = torchrun_cli(tmp_path, build_args(ref, out, workers=1))
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads((out / "cache.json").read_text())
     # rank r built the stores of shards i with i % 2 == r; rank 0 wrote the manifest

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from salt_cache.cli import app
@@ -73,12 +72,7 @@ storage: {dtype: float16, rows_per_shard: 4}
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_recipe_runs_end_to_end_then_skips_complete_stages(tmp_path):

@@ -22,15 +22,7 @@ from salt_cache.selection import linear_fit, loss_at, plot_selection, read_log
 PROTOS = torch.randn(4, 16, generator=torch.Generator().manual_seed(123))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The probes here are tiny: on a shared 2-core box, intra-op threads only wait on each other.
-    (Builds and training runs set their own count: cores minus DataLoader workers, so the tests
-    that encode or train use one worker.)"""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted(n: int, seed: int, shuffle: bool = False) -> FeatureSet:

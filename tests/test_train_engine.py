@@ -7,9 +7,6 @@ clips of the demo fixture."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -24,17 +21,12 @@ from salt_cache.train.data import PlanAndDecode, TrainStream, split_samples
 from salt_cache.train.optim import lr_at, make_optimizer, param_groups, set_schedule, wd_at
 from salt_cache.train.runs import load_run_encoder, read_log, run_checkpoints
 from salt_cache.train.teacher import TeacherConfig, build_model, train
+from conftest import torchrun_cli
 
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The 2-core CI box is shared: an oversubscribed OpenMP pool makes tiny forwards crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def micro_flags(demo, **over) -> dict:
@@ -266,12 +258,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(demo, tmp_pa
     common = micro_flags(demo, steps=4, val_every=2, ckpt_every=4, val_batches=2)
     one = tmp_path / "one"
     train(load_run_config(TeacherConfig, flags={**common, "workers": 2, "grad_accum": 2}), one, show_progress=False)
-    script = tmp_path / "salt_cache_cli.py"
-    script.write_text("from salt_cache.cli import app\napp(prog_name='salt-cache')\n")
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-           "train-teacher", "--out", str(two)] + cli_args({**common, "workers": 1})
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = torchrun_cli(tmp_path, ["train-teacher", "--out", str(two)] + cli_args({**common, "workers": 1}))
     assert res.returncode == 0, res.stderr[-3000:]
     assert torch.load(two / "checkpoints" / "last.pt", weights_only=True)["config"]["grad_accum"] == 1
     for name, cols in (("log.csv", LOSS_COLUMNS[1:4]), ("val.csv", ("val_loss", "val_loss_short", "val_loss_long"))):

@@ -4,10 +4,7 @@ clips of the demo fixture with a cache built by a micro teacher (grid 2 x 4 x 4 
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -24,17 +21,13 @@ from salt_cache.train.student import CacheJoin, StudentConfig, build_model, trai
 from salt_cache.shards import resolve_shards
 from test_cache_common import make_teacher, write_spec
 from test_train_engine import cli_args
+from conftest import torchrun_cli
 
 runner = CliRunner()
 LOSS_COLUMNS = ("step", "loss", "loss_short", "loss_long", "lr", "wd", "grad_norm")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +132,8 @@ def test_two_processes_match_one_process(demo, cached, tmp_path):
     common = student_flags(demo, cache, steps=3, val_every=3, ckpt_every=3)
     one = tmp_path / "one"
     train(load_run_config(StudentConfig, flags={**common, "workers": 2, "grad_accum": 2}), one, show_progress=False)
-    script = tmp_path / "salt_cache_cli.py"
-    script.write_text("from salt_cache.cli import app\napp(prog_name='salt-cache')\n")
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-           "train-student", "--out", str(two)] + cli_args({**common, "workers": 1})
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = torchrun_cli(tmp_path, ["train-student", "--out", str(two)] + cli_args({**common, "workers": 1}))
     assert res.returncode == 0, res.stderr[-3000:]
     for name, cols in (("log.csv", LOSS_COLUMNS[1:4]), ("val.csv", ("val_loss",))):
         a, b = read_log(one / name), read_log(two / name)

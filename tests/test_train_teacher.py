@@ -19,13 +19,7 @@ from test_train_engine import cli_args
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The 2-core CI box is shared: an oversubscribed OpenMP pool makes tiny forwards crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

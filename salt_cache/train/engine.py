@@ -178,6 +178,26 @@ def check_inputs(config, env: dist.DistEnv, stop_at: int | None) -> tuple[list, 
     return shards, val_shards, per_rank
 
 
+def make_loaders(config, stage, shards: list, val_shards: list | None, per_rank: int, env: dist.DistEnv, run,
+                 missing_val: str) -> tuple:
+    """(TrainData for this rank, at the run's data position; ValSet or None). `missing_val` says
+    what a run without validation shards goes without."""
+    from salt_cache.console import console
+    from salt_cache.train.data import TrainData
+
+    data = TrainData(shards, stage, batch_size=per_rank, grid=config.grid, mask_sets=tuple(config.masks),
+                     seed=config.seed, rank=env.rank, world_size=env.world_size, workers=config.workers,
+                     shuffle_buffer=config.data.shuffle_buffer, pin_memory=env.device.type == "cuda",
+                     state=run.data_state())
+    val = None
+    if val_shards and config.val_batches:
+        val = ValSet(val_shards, stage, config.data.val_batch_size, config.val_batches, config.grid,
+                     tuple(config.masks), config.seed)
+    elif env.is_main:
+        console.print(f"[yellow]no validation shards (data.val / --val): {missing_val}")
+    return data, val
+
+
 def val_columns(set_names: list[str]) -> list[str]:
     return ["step", "val_loss"] + [f"val_loss_{n}" for n in set_names]
 

@@ -32,8 +32,8 @@ from salt_cache.models import Predictor, VideoViT
 from salt_cache.shards import shard_keys
 from salt_cache.train import dist
 from salt_cache.train.config import TrainConfig, plain
-from salt_cache.train.data import PlanAndDecode, Sample, StageContext, TrainData, ValSet, to_device
-from salt_cache.train.engine import Interval, check_inputs, fit, val_columns
+from salt_cache.train.data import PlanAndDecode, Sample, StageContext, to_device
+from salt_cache.train.engine import Interval, check_inputs, fit, make_loaders, val_columns
 from salt_cache.train.optim import make_optimizer
 from salt_cache.train.runs import Run
 from salt_cache.video import decode_view, view_rng
@@ -246,16 +246,8 @@ def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, 
         stage = CacheJoin(Path(config.cache), config.seed, latents=teacher is None)
     else:
         stage = PlanAndDecode(config.clip, config.seed)
-    data = TrainData(shards, stage, batch_size=per_rank, grid=config.grid, mask_sets=tuple(config.masks),
-                     seed=config.seed, rank=env.rank, world_size=env.world_size, workers=config.workers,
-                     shuffle_buffer=config.data.shuffle_buffer, pin_memory=env.device.type == "cuda",
-                     state=run.data_state())
-    val = None
-    if val_shards and config.val_batches:
-        val = ValSet(val_shards, stage, config.data.val_batch_size, config.val_batches, config.grid,
-                     tuple(config.masks), config.seed)
-    elif env.is_main:
-        console.print("[yellow]no validation shards (data.val / --val): no validation distillation loss")
+    data, val = make_loaders(config, stage, shards, val_shards, per_rank, env, run,
+                             missing_val="no validation distillation loss")
     if config.compile:
         model.student.compile(dynamic=True)
         model.predictor.compile(dynamic=True)

@@ -28,8 +28,8 @@ from salt_cache.errors import SaltCacheError
 from salt_cache.models import Predictor, VideoViT
 from salt_cache.train import dist
 from salt_cache.train.config import TrainConfig, plain
-from salt_cache.train.data import PlanAndDecode, TrainData, ValSet, to_device
-from salt_cache.train.engine import Interval, check_inputs, fit, val_columns
+from salt_cache.train.data import PlanAndDecode, to_device
+from salt_cache.train.engine import Interval, check_inputs, fit, make_loaders, val_columns
 from salt_cache.train.optim import make_optimizer
 from salt_cache.train.runs import Run
 
@@ -202,17 +202,8 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
     if run.state is not None:
         interval.load_state(run.state["interval"])
 
-    stage = PlanAndDecode(config.clip, config.seed)
-    data = TrainData(shards, stage, batch_size=per_rank, grid=config.grid, mask_sets=tuple(config.masks),
-                     seed=config.seed, rank=env.rank, world_size=env.world_size, workers=config.workers,
-                     shuffle_buffer=config.data.shuffle_buffer, pin_memory=env.device.type == "cuda",
-                     state=run.data_state())
-    val = None
-    if val_shards and config.val_batches:
-        val = ValSet(val_shards, stage, config.data.val_batch_size, config.val_batches, config.grid,
-                     tuple(config.masks), config.seed)
-    elif env.is_main:
-        console.print("[yellow]no validation shards (data.val / --val): no validation loss; pictures use train clips")
+    data, val = make_loaders(config, PlanAndDecode(config.clip, config.seed), shards, val_shards, per_rank, env, run,
+                             missing_val="no validation loss; pictures use train clips")
     if config.compile:
         # in place: state-dict keys stay unprefixed; dynamic: context/target counts vary per batch
         model.encoder.compile(dynamic=True)
