@@ -19,6 +19,9 @@ import numpy as np
 from salt_cache.errors import SaltCacheError
 
 CLASSES = ("move-right", "move-left", "grow", "shrink")
+# Per-frame pixel noise (0-255 scale). Kept below the background texture's own variation inside a
+# patch: with more, VideoMAE's per-patch normalized target is mostly noise and V-Pixel learns nothing.
+NOISE_STD = 3.0
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -58,7 +61,7 @@ def render_clip(label: int, rng: np.random.Generator, size: int = 64, frames: in
     for i in range(frames):
         inside = ((xx - cx[i]) ** 2 + (yy - cy[i]) ** 2 <= r[i] ** 2)[..., None]
         obj = color * (0.6 + 0.4 * tex)
-        img = np.where(inside, obj, bg) + rng.normal(0, 8, (size, size, 3))
+        img = np.where(inside, obj, bg) + rng.normal(0, NOISE_STD, (size, size, 3))
         out[i] = np.clip(img, 0, 255).astype(np.uint8)
     if label % 2:  # the partner class is the same motion with time reversed
         out = out[::-1].copy()

@@ -142,6 +142,29 @@ def _demo_run(s: StageSpec, c: Ctx) -> dict:
         return make_demo_data(c.path(s.args["out"]), overwrite=True, progress=bar, **args)
 
 
+def _init_done(s: StageSpec, c: Ctx) -> bool:
+    return c.path(s.args["out"]).is_file()
+
+
+def _init_run(s: StageSpec, c: Ctx) -> dict:
+    """A randomly initialized encoder: the untrained baseline the probes are read against."""
+    import torch
+
+    from salt_cache.checkpoint import save_encoder
+    from salt_cache.models import build_encoder
+
+    _need(s, "out", "model")
+    seed = int(s.args.get("seed", 0))
+    torch.manual_seed(seed)
+    try:
+        enc = build_encoder(s.args["model"], patch_size=int(s.args.get("patch_size", 16)),
+                            tubelet_size=int(s.args.get("tubelet_size", 2)), pos_embed=s.args.get("pos_embed", "rope"))
+    except ValueError as e:
+        raise SaltCacheError(f"stage {s.name!r}: {e}") from None
+    save_encoder(c.path(s.args["out"]), enc, meta={"origin": "init-model", "seed": seed})
+    return {"model": s.args["model"]}
+
+
 def _shards_done(s: StageSpec, c: Ctx) -> bool:
     return (c.path(s.args["out"]) / "index.json").is_file()
 
@@ -263,6 +286,7 @@ def _report_run(s: StageSpec, c: Ctx) -> dict:
 KINDS: dict[str, tuple[Callable, Callable | None]] = {
     # kind: (run, done-or-None: None means it always runs)
     "demo-data": (_demo_run, _demo_done),
+    "init-model": (_init_run, _init_done),
     "shards": (_shards_run, _shards_done),
     "train-teacher": (_teacher_run, _encoder_done("teacher.pt")),
     "build": (_build_run, _build_done),

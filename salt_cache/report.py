@@ -82,7 +82,8 @@ def _class_acc(v) -> float:
 
 def quickstart_report(workdir: Path, args: dict, results: dict | None = None) -> dict:
     """args: teacher_run, student_run (run folders), teacher_probe, student_probe (probe JSON),
-    out (folder for report.json, losses.png, probes.png); all relative to `workdir`."""
+    optional baseline_probe (probe JSON of an untrained encoder), out (folder for report.json,
+    losses.png, probes.png); all relative to `workdir`."""
     wd = Path(workdir)
 
     def p(key: str) -> Path:
@@ -93,7 +94,8 @@ def quickstart_report(workdir: Path, args: dict, results: dict | None = None) ->
 
     out = p("out") if "out" in args else wd
     probes = {}
-    for label, key in (("teacher", "teacher_probe"), ("student", "student_probe")):
+    keys = (("random init", "baseline_probe"),) if "baseline_probe" in args else ()
+    for label, key in keys + (("teacher", "teacher_probe"), ("student", "student_probe")):
         path = p(key)
         if not path.is_file():
             raise SaltCacheError(f"{path}: probe report not found (run the probe stage first)")
@@ -106,6 +108,7 @@ def quickstart_report(workdir: Path, args: dict, results: dict | None = None) ->
     report = {
         "teacher_top1": probes["teacher"]["top1"], "student_top1": probes["student"]["top1"],
         "chance": probes["teacher"]["chance"],
+        "baseline_top1": probes["random init"]["top1"] if "random init" in probes else None,
         "teacher_encoder": probes["teacher"]["encoder"]["config"], "student_encoder": probes["student"]["encoder"]["config"],
         "wall_s": walls, "wall_total_s": round(sum(v for v in walls.values() if v), 1),
         "pictures": {"losses": str(losses), "probes": str(bars)},
@@ -121,6 +124,8 @@ def print_quickstart(report: dict) -> None:
     t.add_column("value", justify="right")
     t.add_row("teacher top-1 (Stage 1, V-Pixel)", f"{report['teacher_top1']:.1%}")
     t.add_row("student top-1 (Stage 2, SALT)", f"{report['student_top1']:.1%}")
+    if report.get("baseline_top1") is not None:
+        t.add_row("untrained encoder top-1 (random init)", f"{report['baseline_top1']:.1%}")
     t.add_row("chance", f"{report['chance']:.1%}")
     for name, wall in report["wall_s"].items():
         t.add_row(f"wall time: {name}", "-" if wall is None else f"{wall:.0f} s")

@@ -58,9 +58,11 @@ stages:
       ckpt_every: 2
       val_batches: 1
       data: {val_batch_size: 4}
+  - {name: baseline, kind: init-model, out: base.pt, model: micro, patch_size: 8}
+  - {name: probe-baseline, kind: probe, encoder: base.pt, train: data/train, val: data/val, out: pb.json, epochs: 1, workers: 1}
   - {name: probe-teacher, kind: probe, encoder: teacher/teacher.pt, train: data/train, val: data/val, out: pt.json, epochs: 2, workers: 1, class_names: data/classes.txt}
   - {name: probe-student, kind: probe, encoder: student/student.pt, train: data/train, val: data/val, out: ps.json, epochs: 2, workers: 1}
-  - {name: report, kind: report, teacher_run: teacher, student_run: student, teacher_probe: pt.json, student_probe: ps.json, out: report}
+  - {name: report, kind: report, teacher_run: teacher, student_run: student, teacher_probe: pt.json, student_probe: ps.json, baseline_probe: pb.json, out: report}
 """
 
 SPEC = """name: tiny32
@@ -87,8 +89,9 @@ def test_recipe_runs_end_to_end_then_skips_complete_stages(tmp_path):
     assert (wd / "teacher" / "teacher.pt").is_file() and (wd / "student" / "student.pt").is_file()
     assert json.loads((wd / "verify.json").read_text())["ok"] is True
     report = json.loads((wd / "report" / "report.json").read_text())
-    assert 0 <= report["teacher_top1"] <= 1 and report["chance"] == 0.25
-    assert set(report["wall_s"]) == {"data", "teacher", "spec", "verify", "student", "probe-teacher", "probe-student"}
+    assert 0 <= report["teacher_top1"] <= 1 and 0 <= report["baseline_top1"] <= 1 and report["chance"] == 0.25
+    assert set(report["wall_s"]) == {"data", "teacher", "spec", "verify", "student", "baseline", "probe-baseline",
+                                     "probe-teacher", "probe-student"}
     for png in ("losses.png", "probes.png"):
         assert (wd / "report" / png).stat().st_size > 10_000
     assert json.loads((wd / "pt.json").read_text())["best"]["per_class"].keys() == {"move-right", "move-left", "grow", "shrink"}
@@ -96,7 +99,7 @@ def test_recipe_runs_end_to_end_then_skips_complete_stages(tmp_path):
     teacher_mtime = (wd / "teacher" / "teacher.pt").stat().st_mtime_ns
     res = runner.invoke(app, ["run", str(recipe), "--workdir", str(wd)])
     assert res.exit_code == 0, res.output
-    assert res.output.count("complete, skipped") == 7
+    assert res.output.count("complete, skipped") == 9
     assert (wd / "teacher" / "teacher.pt").stat().st_mtime_ns == teacher_mtime
     record = json.loads((wd / "pipeline.json").read_text())["stages"]
     assert record["teacher"]["wall_s"] > 0 and record["teacher"]["status"] == "skipped (complete)"
