@@ -105,6 +105,22 @@ class DataConfig:
 
 
 @dataclass
+class HeadConfig:
+    """A narrow transformer on top of the encoder: Stage 1's pixel decoder, Stage 2's predictor."""
+
+    embed_dim: int = 384
+    depth: int = 4
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise SaltCacheError(f"embed_dim: {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.depth < 1:
+            raise SaltCacheError(f"depth: expected >= 1, got {self.depth}")
+
+
+@dataclass
 class TrainConfig:
     """Everything both stages share. batch_size is GLOBAL: per-rank micro-batch =
     batch_size / (world_size x grad_accum), which must divide exactly."""

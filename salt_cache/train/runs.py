@@ -257,3 +257,24 @@ def load_run_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[Vi
     meta = {"kind": "run-state", "stage": ckpt.get("stage"), "step": int(ckpt["step"]), "run": str(path.parent.parent),
             "config": ckpt.get("config"), **ckpt.get("meta", {})}
     return model.to(device).eval(), meta
+
+
+def print_run_summary(summary: dict, title: str, artifact: str) -> None:
+    """The end of a run (a stage's summary dict) as a rich table; `artifact` names the exported
+    encoder's key in the summary ("teacher" or "student")."""
+    from rich.table import Table
+
+    from salt_cache.console import console
+
+    table = Table(title=title)
+    for col in ("steps", "train loss", "val loss", "data wait", "wall (s)", artifact):
+        table.add_column(col, justify="right")
+
+    def num(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    wait = summary.get("data_wait_frac")
+    table.add_row(f"{summary['start_step']} -> {summary['end_step']} of {summary['steps']}", num(summary["loss"]),
+                  num(summary["val_loss"]), "-" if wait is None else f"{wait:.0%}", f"{summary['wall_s']:.1f}",
+                  summary.get(artifact, "- (not finished)"))
+    console.print(table)

@@ -31,11 +31,11 @@ from salt_cache.errors import DecodeError, SaltCacheError
 from salt_cache.models import Predictor, VideoViT
 from salt_cache.shards import shard_keys
 from salt_cache.train import dist
-from salt_cache.train.config import TrainConfig, plain
+from salt_cache.train.config import HeadConfig, TrainConfig, plain
 from salt_cache.train.data import PlanAndDecode, Sample, StageContext, to_device
 from salt_cache.train.engine import Interval, check_inputs, fit, make_loaders, val_columns
 from salt_cache.train.optim import make_optimizer
-from salt_cache.train.runs import Run
+from salt_cache.train.runs import Run, print_run_summary
 from salt_cache.video import decode_view, view_rng
 
 STAGE = "student"
@@ -43,20 +43,12 @@ LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss}
 
 
 @dataclass
-class PredictorConfig:
+class PredictorConfig(HeadConfig):
     """The predictor (paper, Table 4: 384 wide, 12 deep, 16 heads); its output width is the
     teacher's, read from the cache (or the online teacher)."""
 
-    embed_dim: int = 384
     depth: int = 12
     num_heads: int = 16
-    mlp_ratio: float = 4.0
-
-    def __post_init__(self) -> None:
-        if self.embed_dim % self.num_heads:
-            raise SaltCacheError(f"embed_dim: {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.depth < 1:
-            raise SaltCacheError(f"depth: expected >= 1, got {self.depth}")
 
 
 @dataclass
@@ -277,18 +269,4 @@ def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, 
 
 
 def print_summary(summary: dict) -> None:
-    """The end of a run as a rich table."""
-    from rich.table import Table
-
-    table = Table(title=f"SALT ({summary['mode']}) run {summary['run']}")
-    for col in ("steps", "train loss", "val loss", "data wait", "wall (s)", "student"):
-        table.add_column(col, justify="right")
-
-    def num(v):
-        return "-" if v is None else f"{v:.4f}"
-
-    wait = summary.get("data_wait_frac")
-    table.add_row(f"{summary['start_step']} -> {summary['end_step']} of {summary['steps']}", num(summary["loss"]),
-                  num(summary["val_loss"]), "-" if wait is None else f"{wait:.0%}", f"{summary['wall_s']:.1f}",
-                  summary.get("student", "- (not finished)"))
-    console.print(table)
+    print_run_summary(summary, f"SALT ({summary['mode']}) run {summary['run']}", "student")

@@ -23,34 +23,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from salt_cache.checkpoint import save_encoder
-from salt_cache.console import console, write_json
-from salt_cache.errors import SaltCacheError
+from salt_cache.console import write_json
 from salt_cache.models import Predictor, VideoViT
 from salt_cache.train import dist
-from salt_cache.train.config import TrainConfig, plain
+from salt_cache.train.config import HeadConfig, TrainConfig, plain
 from salt_cache.train.data import PlanAndDecode, to_device
 from salt_cache.train.engine import Interval, check_inputs, fit, make_loaders, val_columns
 from salt_cache.train.optim import make_optimizer
-from salt_cache.train.runs import Run
+from salt_cache.train.runs import Run, print_run_summary
 
 STAGE = "teacher"
 EPS = 1e-6
 
 
 @dataclass
-class DecoderConfig:
+class DecoderConfig(HeadConfig):
     """The pixel decoder (VideoMAE's is 384 wide, 4 deep, 6 heads)."""
-
-    embed_dim: int = 384
-    depth: int = 4
-    num_heads: int = 6
-    mlp_ratio: float = 4.0
-
-    def __post_init__(self) -> None:
-        if self.embed_dim % self.num_heads:
-            raise SaltCacheError(f"embed_dim: {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.depth < 1:
-            raise SaltCacheError(f"depth: expected >= 1, got {self.depth}")
 
 
 @dataclass
@@ -243,16 +231,4 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
 
 
 def print_summary(summary: dict) -> None:
-    """The end of a run as a rich table."""
-    from rich.table import Table
-
-    table = Table(title=f"V-Pixel run {summary['run']}")
-    for col in ("steps", "train loss", "val loss", "wall (s)", "teacher"):
-        table.add_column(col, justify="right")
-
-    def num(v):
-        return "-" if v is None else f"{v:.4f}"
-
-    table.add_row(f"{summary['start_step']} -> {summary['end_step']} of {summary['steps']}", num(summary["loss"]),
-                  num(summary["val_loss"]), f"{summary['wall_s']:.1f}", summary.get("teacher", "- (not finished)"))
-    console.print(table)
+    print_run_summary(summary, f"V-Pixel run {summary['run']}", "teacher")
