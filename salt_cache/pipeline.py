@@ -76,6 +76,15 @@ def load_pipeline(path_or_name: str | Path, variables: dict[str, str] | None = N
         name = str(args.pop("name", kind))
         if kind not in KINDS:
             raise SaltCacheError(f"{path}: stages[{i}] ({name}): unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
+        spec = KINDS[kind]
+        missing = [f for f in spec.required if f not in args]
+        if missing:
+            raise SaltCacheError(f"{path}: stages[{i}] ({name}): missing field {missing[0]!r} "
+                                 f"(a {kind} stage needs {', '.join(spec.required)})")
+        unknown = sorted(set(args) - set(spec.required) - set(spec.optional))
+        if unknown:
+            raise SaltCacheError(f"{path}: stages[{i}] ({name}): {unknown[0]}: unknown field (a {kind} stage takes "
+                                 f"{', '.join(spec.required + spec.optional)})")
         if any(s.name == name for s in stages):
             raise SaltCacheError(f"{path}: stages[{i}]: a stage named {name!r} comes twice")
         stages.append(StageSpec(name, kind, args))
@@ -123,10 +132,6 @@ class Ctx:
         return [str(self.path(v)) for v in items]
 
 
-def _need(stage: StageSpec, *names: str) -> None:
-    for n in names:
-        if n not in stage.args:
-            raise SaltCacheError(f"stage {stage.name!r} ({stage.kind}): missing field {n!r}")
 
 
 def _demo_done(s: StageSpec, c: Ctx) -> bool:
@@ -153,7 +158,6 @@ def _init_run(s: StageSpec, c: Ctx) -> dict:
     from salt_cache.checkpoint import save_encoder
     from salt_cache.models import build_encoder
 
-    _need(s, "out", "model")
     seed = int(s.args.get("seed", 0))
     torch.manual_seed(seed)
     try:
@@ -196,7 +200,6 @@ def _encoder_done(filename: str) -> Callable:
 def _teacher_run(s: StageSpec, c: Ctx) -> dict:
     from salt_cache.train.teacher import TeacherConfig, print_summary, train
 
-    _need(s, "out", "train")
     out = c.path(s.args["out"])
     cfg = _train_config(s, c, TeacherConfig, {})
     summary = train(cfg, out, resume=(out / "checkpoints" / "last.pt").is_file())
@@ -207,7 +210,6 @@ def _teacher_run(s: StageSpec, c: Ctx) -> dict:
 def _student_run(s: StageSpec, c: Ctx) -> dict:
     from salt_cache.train.student import StudentConfig, print_summary, train
 
-    _need(s, "out", "train", "cache")
     out = c.path(s.args["out"])
     cfg = _train_config(s, c, StudentConfig, {"cache": str(c.path(s.args["cache"]))})
     summary = train(cfg, out, resume=(out / "checkpoints" / "last.pt").is_file())
@@ -224,7 +226,6 @@ def _build_run(s: StageSpec, c: Ctx) -> dict:
     from salt_cache.cache import build_cache
     from salt_cache.cache.tables import build_tables
 
-    _need(s, "teacher", "data", "spec", "out")
     with progress("clips") as bar:
         summary = build_cache(c.path(s.args["teacher"]), c.paths(s.args["data"]), s.args["spec"],
                               c.path(s.args["out"]), batch_size=int(s.args.get("batch_size", 8)),
@@ -243,7 +244,6 @@ def _verify_done(s: StageSpec, c: Ctx) -> bool:
 def _verify_run(s: StageSpec, c: Ctx) -> dict:
     from salt_cache.cache.verify import run_verify
 
-    _need(s, "cache")
     teacher = c.path(s.args["teacher"]) if s.args.get("teacher") else None
     with progress("rows") as bar:
         report = run_verify(c.path(s.args["cache"]), data=c.paths(s.args["data"]) if s.args.get("data") else None,
@@ -260,12 +260,13 @@ def _probe_done(s: StageSpec, c: Ctx) -> bool:
     return c.path(s.args["out"]).is_file()
 
 
+PROBE_OPTIONS = ("spec", "epochs", "batch_size", "lrs", "wds", "depth", "device", "workers", "encode_batch_size")
+
+
 def _probe_run(s: StageSpec, c: Ctx) -> dict:
     from salt_cache.probe import print_report, probe_encoder
 
-    _need(s, "encoder", "train", "val", "out")
-    known = ("spec", "epochs", "batch_size", "lrs", "wds", "depth", "device", "workers", "encode_batch_size")
-    extra = {k: s.args[k] for k in known if k in s.args}
+    extra = {k: s.args[k] for k in PROBE_OPTIONS if k in s.args}
     names = None
     if s.args.get("class_names"):
         names_file = c.path(s.args["class_names"])
@@ -283,17 +284,29 @@ def _report_run(s: StageSpec, c: Ctx) -> dict:
     return quickstart_report(c.workdir, s.args, c.results)
 
 
-KINDS: dict[str, tuple[Callable, Callable | None]] = {
-    # kind: (run, done-or-None: None means it always runs)
-    "demo-data": (_demo_run, _demo_done),
-    "init-model": (_init_run, _init_done),
-    "shards": (_shards_run, _shards_done),
-    "train-teacher": (_teacher_run, _encoder_done("teacher.pt")),
-    "build": (_build_run, _build_done),
-    "verify": (_verify_run, _verify_done),
-    "train-student": (_student_run, _encoder_done("student.pt")),
-    "probe": (_probe_run, _probe_done),
-    "report": (_report_run, None),
+@dataclass(frozen=True)
+class Kind:
+    """A stage kind: how it runs, how to tell its output is complete (None: it always runs),
+    and the fields a stage of this kind must and may have."""
+
+    run: Callable
+    done: Callable | None
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+
+KINDS: dict[str, Kind] = {
+    "demo-data": Kind(_demo_run, _demo_done, ("out",),
+                      ("clips", "size", "frames", "seed", "val_fraction", "shard_size", "workers")),
+    "init-model": Kind(_init_run, _init_done, ("out", "model"), ("patch_size", "tubelet_size", "pos_embed", "seed")),
+    "shards": Kind(_shards_run, _shards_done, ("src", "out"), ("shard_size", "workers")),
+    "train-teacher": Kind(_teacher_run, _encoder_done("teacher.pt"), ("out", "train"), ("val", "config", "set")),
+    "build": Kind(_build_run, _build_done, ("teacher", "data", "spec", "out"), ("batch_size", "workers", "device")),
+    "verify": Kind(_verify_run, _verify_done, ("cache",), ("data", "teacher", "sample", "out")),
+    "train-student": Kind(_student_run, _encoder_done("student.pt"), ("out", "train", "cache"), ("val", "config", "set")),
+    "probe": Kind(_probe_run, _probe_done, ("encoder", "train", "val", "out"), PROBE_OPTIONS + ("class_names",)),
+    "report": Kind(_report_run, None, ("teacher_run", "student_run", "teacher_probe", "student_probe"),
+                   ("baseline_probe", "out")),
 }
 
 
@@ -313,7 +326,7 @@ def run_pipeline(path_or_name: str | Path, workdir: Path | None = None, variable
             raise SaltCacheError(f"--only {missing[0]}: no such stage in {pipe.source}")
     ctx = Ctx(wd, {name: r.get("result") for name, r in stages_rec.items()})
     for i, stage in enumerate(pipe.stages, start=1):
-        run, done = KINDS[stage.kind]
+        run, done = KINDS[stage.kind].run, KINDS[stage.kind].done
         head = f"[bold cyan]stage {i}/{len(pipe.stages)}: {stage.name}[/] ({stage.kind})"
         if only and stage.name not in only:
             continue

@@ -114,6 +114,12 @@ def test_recipe_errors_name_the_problem(tmp_path):
     with pytest.raises(SaltCacheError, match=r"\$\{where\} is not set"):
         load_pipeline(bad)
     assert load_pipeline(bad, {"where": "d"}).stages[0].args["out"] == "d"
+    bad.write_text("stages:\n  - {kind: build, teacher: t.pt, spec: demo, out: c}\n")
+    with pytest.raises(SaltCacheError, match=r"stages\[0\] \(build\): missing field 'data'"):
+        load_pipeline(bad)
+    bad.write_text("stages:\n  - {kind: probe, encoder: e.pt, train: a, val: b, out: o.json, epoch: 40}\n")
+    with pytest.raises(SaltCacheError, match=r"stages\[0\] \(probe\): epoch: unknown field"):
+        load_pipeline(bad)
     res = runner.invoke(app, ["run", str(tmp_path / "nope.yaml")])
     assert res.exit_code == 1 and "no such pipeline file" in res.output and "quickstart" in res.output
     for name in ("quickstart", "vitl-paper"):
