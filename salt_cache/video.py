@@ -65,6 +65,21 @@ def probe_video(data: bytes, key: str = "<video>") -> VideoInfo:
     return VideoInfo(frames=n, fps=fps, height=int(first.shape[0]), width=int(first.shape[1]))
 
 
+def clip_info(meta: dict, data: bytes, key: str = "<video>") -> VideoInfo:
+    """A clip's VideoInfo from its shard record (probed once, at packing time); the bytes are
+    probed only when the record lacks it (shards written by other tools)."""
+    if isinstance(meta, dict) and all(k in meta for k in ("frames", "fps", "height", "width")):
+        try:
+            info = VideoInfo(frames=int(meta["frames"]), fps=float(meta["fps"]), height=int(meta["height"]),
+                             width=int(meta["width"]))
+        except (TypeError, ValueError):
+            raise DecodeError(key, "its shard record holds malformed frames / fps / height / width") from None
+        if min(info.frames, info.height, info.width) < 1:
+            raise DecodeError(key, f"its shard record says {info.frames} frames of {info.width}x{info.height}")
+        return info
+    return probe_video(data, key=key)
+
+
 def _one_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:200]

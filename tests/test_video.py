@@ -69,3 +69,17 @@ def test_decode_failures_carry_key_and_reason(tmp_path):
     data = write_video(tmp_path / "v.mp4", frames=5).read_bytes()
     with pytest.raises(DecodeError, match="outside the video"):
         decode_view(data, View(key="k", index=0, frames=(0, 9), box=(0, 0, 16, 16), size=16))
+
+
+def test_clip_info_reads_the_shard_record_and_probes_only_without_one(tmp_path):
+    from salt_cache.video import clip_info
+
+    data = write_video(tmp_path / "v.mp4", frames=7, height=32, width=80).read_bytes()
+    record = {"frames": 7, "fps": 10.0, "height": 32, "width": 80}
+    # the record is used as is: no bytes are opened (empty bytes would fail a probe)
+    assert clip_info(record, b"", "k") == VideoInfo(7, 10.0, 32, 80)
+    assert clip_info({}, data, "k") == probe_video(data) == VideoInfo(7, 10.0, 32, 80)
+    with pytest.raises(DecodeError, match="malformed"):
+        clip_info({**record, "frames": "many"}, data, "k")
+    with pytest.raises(DecodeError, match="0 frames"):
+        clip_info({**record, "frames": 0}, data, "k")

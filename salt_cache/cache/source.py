@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from salt_cache.errors import DecodeError, SaltCacheError
-from salt_cache.video import VIDEO_EXTENSIONS, ClipSpec, plan_view, probe_video, decode_view
+from salt_cache.video import VIDEO_EXTENSIONS, ClipSpec, clip_info, decode_view, plan_view
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ def load_clip(item: ClipItem, clip: ClipSpec, views: int, seed: int) -> dict:
         return out
 
     tar = item.tar
+    meta: dict = {}
     try:
         if "json" in tar.members:
             raw = read_member(Path(item.shard), tar.members["json"])
@@ -129,7 +130,7 @@ def load_clip(item: ClipItem, clip: ClipSpec, views: int, seed: int) -> dict:
         if ext is None:
             return fail_all(f"sample has no video member (expected one of {', '.join(VIDEO_EXTENSIONS)})")
         data = read_member(Path(item.shard), tar.members[ext])
-        info = probe_video(data, key=tar.key)
+        info = clip_info(meta, data, key=tar.key)
     except DecodeError as e:
         return fail_all(e.reason)
     except Exception as e:  # a broken file must cost one clip, never the build

@@ -58,7 +58,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from salt_cache.errors import DecodeError, SaltCacheError
 from salt_cache.masks import MaskSet, mask_seed, multiblock_masks
 from salt_cache.shards import video_of
-from salt_cache.video import ClipSpec, VideoInfo, decode_view, plan_view, probe_video
+from salt_cache.video import ClipSpec, clip_info, decode_view, plan_view
 
 VAL_SPLIT = -1  # mask seeds of validation batches: mask_seed(seed, VAL_SPLIT, batch index)
 
@@ -82,14 +82,6 @@ class SampleStage(Protocol):
     def __call__(self, sample: Sample, ctx: StageContext) -> dict | None: ...
 
 
-def video_info(sample: Sample) -> VideoInfo:
-    """The probed video info stored in the shard's json (probe the bytes if it is missing)."""
-    m = sample.meta
-    if all(k in m for k in ("frames", "fps", "height", "width")):
-        return VideoInfo(frames=int(m["frames"]), fps=float(m["fps"]), height=int(m["height"]), width=int(m["width"]))
-    return probe_video(sample.video, key=sample.key)
-
-
 class PlanAndDecode:
     """Stage 1's sample stage: plan a view and decode it.
 
@@ -103,7 +95,7 @@ class PlanAndDecode:
 
     def __call__(self, sample: Sample, ctx: StageContext) -> dict | None:
         try:
-            info = video_info(sample)
+            info = clip_info(sample.meta, sample.video, sample.key)
             spec = self.clip if ctx.train else self.val_clip
             view = plan_view(sample.key, ctx.epoch if ctx.train else 0, self.seed, info, spec)
             clip = decode_view(sample.video, view)
