@@ -3,6 +3,11 @@
 Tokens are ordered (t, h, w) row-major: flat index = t * H' * W' + h * W' + w, where
 (T', H', W') = (T / tubelet, H / patch, W / patch). Every forward takes optional token indices
 so a caller can encode only some tokens (the context) while each keeps its true 3D position.
+
+Imported teachers (`salt_cache.models.imports`) use the same module with a few config switches,
+each defaulting to what this project trains: `pos_embed="sincos-1d"` (VideoMAE's fixed table
+over the flat token index), `rope_layout="vjepa2"` (V-JEPA 2's frequency layout), `norm_eps`
+and `final_norm` (VideoMAE with mean pooling has no per-token final norm).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 
 Grid = tuple[int, int, int]
+POS_EMBEDS = ("rope", "sincos", "sincos-1d")
+ROPE_LAYOUTS = ("paired", "vjepa2")
 
 
 @dataclass(frozen=True)
@@ -28,14 +35,20 @@ class ViTConfig:
     patch_size: int = 16
     tubelet_size: int = 2
     in_chans: int = 3
-    pos_embed: str = "rope"  # "rope" | "sincos"
+    pos_embed: str = "rope"  # "rope" | "sincos" (3D table) | "sincos-1d" (VideoMAE: flat token index)
     qkv_bias: bool = True
     drop_path: float = 0.0
     name: str = ""
+    # the fields below came with imported teachers; their defaults are this project's own encoder
+    rope_layout: str = "paired"  # "paired" | "vjepa2": which frequency each rotated dim uses (Rope3D)
+    norm_eps: float = 1e-6  # every LayerNorm (HF VideoMAE configs use 1e-12)
+    final_norm: bool = True  # a LayerNorm after the last block (VideoMAE with mean pooling: none)
 
     def __post_init__(self) -> None:
-        if self.pos_embed not in ("rope", "sincos"):
-            raise ValueError(f"pos_embed: expected 'rope' or 'sincos', got {self.pos_embed!r}")
+        if self.pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed: expected one of {', '.join(POS_EMBEDS)}, got {self.pos_embed!r}")
+        if self.rope_layout not in ROPE_LAYOUTS:
+            raise ValueError(f"rope_layout: expected one of {', '.join(ROPE_LAYOUTS)}, got {self.rope_layout!r}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
 
@@ -72,30 +85,46 @@ def token_positions(idx: torch.Tensor, grid: Grid) -> torch.Tensor:
 
 
 class Rope3D(nn.Module):
-    """Rotary embedding over (t, h, w): the head dim is split in three even parts, one per axis;
-    any remainder stays unrotated. Mirrors the factorized 3D RoPE of V-JEPA 2."""
+    """Rotary embedding over (t, h, w): the head dim is split in three even parts of axis_dim
+    dims (t first, then h, then w); any remainder stays unrotated. Mirrors the factorized 3D RoPE
+    of V-JEPA 2, with frequencies 1 / base^(i / (axis_dim / 2)), i < axis_dim / 2.
 
-    def __init__(self, head_dim: int, base: float = 10000.0):
+    Both layouts turn consecutive pairs (2i, 2i+1) of an axis part: out = x * cos + (-x[2i+1],
+    x[2i]) * sin. "paired" (ours) gives both dims of pair i frequency i: a true rotation.
+    "vjepa2" gives dim j frequency j mod (axis_dim / 2), as V-JEPA 2's released code does (its
+    `rotate_queries_or_keys` repeats the frequencies instead of interleaving them; the models
+    were trained that way, so an imported V-JEPA 2 teacher must use it)."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0, layout: str = "paired"):
         super().__init__()
         axis_dim = 2 * (head_dim // 6)
         if axis_dim == 0:
             raise ValueError(f"head dim {head_dim} is too small for 3D rotary positions (need >= 6)")
+        if layout not in ROPE_LAYOUTS:
+            raise ValueError(f"rope layout: expected one of {', '.join(ROPE_LAYOUTS)}, got {layout!r}")
         self.axis_dim = axis_dim
+        self.layout = layout
         inv_freq = 1.0 / (base ** (torch.arange(0, axis_dim, 2, dtype=torch.float32) / axis_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def angles(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """pos [B, N, 3] -> (cos, sin) each [B, 1, N, 3 * axis_dim / 2]."""
+        """pos [B, N, 3] -> (cos, sin) each [B, 1, N, 3 * axis_dim / 2] ("paired": one angle per
+        pair) or [B, 1, N, 3 * axis_dim] ("vjepa2": one angle per dim)."""
         ang = pos.to(torch.float32).unsqueeze(-1) * self.inv_freq  # [B, N, 3, axis_dim/2]
+        if self.layout == "vjepa2":
+            ang = torch.cat((ang, ang), dim=-1)  # dim j of an axis part: frequency j mod axis_dim/2
         ang = ang.flatten(-2).unsqueeze(1)
         return ang.cos(), ang.sin()
 
     def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [B, heads, N, head_dim]: rotate consecutive pairs of the first 3 * axis_dim dims."""
+        """x [B, heads, N, head_dim]: turn consecutive pairs of the first 3 * axis_dim dims."""
         n = 3 * self.axis_dim
         xr, rest = x[..., :n].float(), x[..., n:]
         x1, x2 = xr[..., 0::2], xr[..., 1::2]
-        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+        if self.layout == "vjepa2":
+            out = xr * cos + torch.stack((-x2, x1), dim=-1).flatten(-2) * sin
+        else:
+            out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
         return torch.cat((out.to(x.dtype), rest), dim=-1)
 
 
@@ -124,13 +153,28 @@ def sincos_3d(grid: Grid, dim: int) -> torch.Tensor:
     return table.reshape(gt * gh * gw, dim).float()
 
 
+def sincos_1d(n: int, dim: int) -> torch.Tensor:
+    """VideoMAE's fixed table [n, dim] over the flat token index p (t, h, w row-major): dim j
+    holds sin (j even) or cos (j odd) of p / 10000^(2 * (j // 2) / dim). Built in float64, as
+    VideoMAE builds it with numpy, then cast to float32. The spatial meaning of an index depends
+    on H' * W', so such a teacher only fits clips of the size and frame count it was trained on."""
+    j = torch.arange(dim, dtype=torch.float64)
+    ang = torch.arange(n, dtype=torch.float64)[:, None] / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / dim)
+    table = torch.where(j.remainder(2) == 0, ang.sin(), ang.cos())
+    return table.float()
+
+
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, rope: bool = True):
+    """Fused qkv projection. A teacher without a k bias (VideoMAE) is imported with zeros there,
+    which computes exactly q + q_bias, k, v + v_bias."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, rope: bool = True,
+                 rope_layout: str = "paired"):
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.rope = Rope3D(dim // num_heads) if rope else None
+        self.rope = Rope3D(dim // num_heads, layout=rope_layout) if rope else None
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
         b, n, c = x.shape
@@ -145,11 +189,12 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block whose attention sees each token's 3D position."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float, rope: bool):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float, rope: bool,
+                 norm_eps: float = 1e-6, rope_layout: str = "paired"):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rope=rope)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rope=rope, rope_layout=rope_layout)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -171,7 +216,8 @@ def init_weights(m: nn.Module) -> None:
 class VideoViT(nn.Module):
     """Encoder: clip [B, C, T, H, W] (+ optional token indices [B, N]) -> tokens [B, N, D].
 
-    The output is that of the final LayerNorm. Patch embedding is a strided Conv3d, so a token
+    The output is that of the final LayerNorm (of the last block when config.final_norm is
+    False). Patch embedding is a strided Conv3d, so a token
     depends only on its own tubelet's pixels: gathering context tokens right after the embedding
     means masked pixels can never reach the encoder."""
 
@@ -188,9 +234,11 @@ class VideoViT(nn.Module):
         rope = c.pos_embed == "rope"
         dpr = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]
         self.blocks = nn.ModuleList(
-            Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.qkv_bias, dpr[i], rope) for i in range(c.depth)
+            Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.qkv_bias, dpr[i], rope, norm_eps=c.norm_eps,
+                  rope_layout=c.rope_layout)
+            for i in range(c.depth)
         )
-        self.norm = nn.LayerNorm(c.embed_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if c.final_norm else nn.Identity()
         self.apply(init_weights)
         w = self.patch_embed.weight.data
         trunc_normal_(w.view(w.shape[0], -1), std=0.02)
@@ -208,6 +256,8 @@ class VideoViT(nn.Module):
         if self.config.pos_embed == "sincos":
             table = sincos_3d(grid, d).to(tokens)
             tokens = tokens + table[idx]
+        elif self.config.pos_embed == "sincos-1d":
+            tokens = tokens + sincos_1d(n_all, d).to(tokens)[idx]
         pos = token_positions(idx, grid) if self.config.pos_embed == "rope" else None
         for blk in self.blocks:
             tokens = blk(tokens, pos)
