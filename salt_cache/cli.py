@@ -131,6 +131,43 @@ def init_model(
     console.print(f"wrote {out}: {model} encoder, {param_count(enc) / 1e6:.2f} M parameters")
 
 
+@app.command("import-teacher")
+@user_errors
+def import_teacher(
+    src: Path = typer.Argument(..., help="A local Hugging Face model folder (config.json + model.safetensors), a .safetensors file, or an original VideoMAE .pth / V-JEPA 2 .pt checkpoint."),
+    out: Path = typer.Option(..., help="Teacher checkpoint to write (give it to build --teacher)."),
+    format_: str = typer.Option("auto", "--format", help="auto, hf, videomae or vjepa2."),
+    num_heads: Optional[int] = typer.Option(None, help="Attention heads, for original-repo files (default: the family's named size for that width)."),
+    size: Optional[int] = typer.Option(None, help="Clip side the teacher was trained on, for original-repo files (default: VideoMAE 224, V-JEPA 2 256)."),
+    frames: Optional[int] = typer.Option(None, help="Frames the teacher was trained on, for original-repo files (default 16)."),
+    checkpoint_key: Optional[str] = typer.Option(None, help="Entry of an original checkpoint that holds the encoder (default: the first of target_encoder, encoder, model, module, state_dict)."),
+    json_out: bool = typer.Option(False, "--json", help="Also print the summary as JSON on stdout."),
+):
+    """Import a VideoMAE / VideoMAEv2 or V-JEPA 2 teacher (Hugging Face or original-repo
+    checkpoint) as an encoder checkpoint that [bold]build[/] takes like any teacher."""
+    import json
+
+    from salt_cache.models.imports import import_teacher as run_import
+
+    s = run_import(src, out, fmt=format_, num_heads=num_heads, size=size, frames=frames, checkpoint_key=checkpoint_key)
+    c, i = s.config, s.input
+    table = Table(title=f"imported {s.family} teacher ({s.format}) -> {s.out}")
+    table.add_column("field")
+    table.add_column("value")
+    for k, v in (("source", s.source), ("sha256", s.sha256[:16] + "..."), ("checkpoint key", s.checkpoint_key or "-"),
+                 ("encoder", f"{c['embed_dim']} wide, {c['depth']} deep, {c['num_heads']} heads, {s.params / 1e6:.2f} M parameters"),
+                 ("positions", c["pos_embed"] + (f" ({c['rope_layout']} layout)" if c["pos_embed"] == "rope" else "")),
+                 ("output", "after the final norm" if c["final_norm"] else "last block (no final norm)"),
+                 ("patch x tubelet", f"{i['patch_size']} x {i['tubelet_size']}"),
+                 ("trained on", f"{i['frames']} frames x {i['size']} px" + (" (fixed: build refuses other sizes)" if i["fixed_grid"] else "")),
+                 ("mean / std", f"{i['mean']} / {i['std']} ({i['normalization_from']})"),
+                 ("dropped", ", ".join(f"{k} ({n})" for k, n in s.dropped.items()) or "-")):
+        table.add_row(k, str(v))
+    console.print(table)
+    if json_out:
+        typer.echo(json.dumps(s.to_dict(), indent=2))
+
+
 @app.command("inspect-video")
 @user_errors
 def inspect_video(file: Path = typer.Argument(..., help="A video file.")):
