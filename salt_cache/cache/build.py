@@ -136,7 +136,10 @@ def _init_dist(device: str) -> _Dist:
     return d
 
 
-def _check_teacher(spec: CacheSpec, teacher: Path, config: dict) -> None:
+def _check_teacher(spec: CacheSpec, teacher: Path, config: dict, meta: dict | None = None) -> None:
+    """Refuse a spec the teacher cannot encode as it was trained to, naming the field: patch and
+    tubelet always; for an imported teacher (meta["input"]) also the clip normalization and, when
+    its positions are tied to the training grid (VideoMAE's 1-D table), clip.size and clip.frames."""
     p, t, c = config.get("patch_size"), config.get("tubelet_size"), config.get("in_chans", 3)
     if (p, t) != (spec.patch_size, spec.tubelet_size):
         raise SaltCacheError(
@@ -144,6 +147,21 @@ def _check_teacher(spec: CacheSpec, teacher: Path, config: dict) -> None:
             f"patch_size {spec.patch_size} and tubelet_size {spec.tubelet_size}")
     if c != 3:
         raise SaltCacheError(f"{teacher}: teacher expects {c} input channels, clips have 3")
+    want = (meta or {}).get("input")
+    if not isinstance(want, dict):
+        return  # a teacher of ours: trained on whatever spec it is given
+    for name in ("mean", "std"):
+        have = list(getattr(spec.clip, name))
+        if len(have) != len(want[name]) or any(abs(a - b) > 1e-6 for a, b in zip(have, want[name])):
+            raise SaltCacheError(
+                f"{teacher}: clip.{name}: spec {spec.name!r} normalizes with {name} {have}, but the teacher expects "
+                f"{list(want[name])} ({want.get('normalization_from', 'recorded at import')})")
+    if want.get("fixed_grid"):
+        for name, unit in (("size", "px"), ("frames", "frames")):
+            if getattr(spec.clip, name) != want[name]:
+                raise SaltCacheError(
+                    f"{teacher}: clip.{name}: spec {spec.name!r} asks for {getattr(spec.clip, name)} {unit}, but this "
+                    f"teacher's fixed position table only fits the {want[name]} {unit} it was trained on")
 
 
 def _lock(out: Path, rank: int):
@@ -226,7 +244,7 @@ def build_cache(teacher: Path, data, spec: Path | str | CacheSpec, out: Path, ba
         torch.set_num_threads(max(1, per_proc - workers))
     try:
         model, ckpt = load_encoder(teacher, dist.device)
-        _check_teacher(spec, teacher, ckpt["config"])
+        _check_teacher(spec, teacher, ckpt["config"], ckpt.get("meta"))
         build_info = {"device": dist.device.type, "autocast": "bfloat16" if dist.device.type == "cuda" else None,
                       "batch_size": batch_size, "workers": workers, "world_size": dist.world}
         header = make_header(spec, teacher, file_sha256(teacher), ckpt["config"], ckpt.get("meta", {}),

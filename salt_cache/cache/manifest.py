@@ -64,7 +64,8 @@ def make_header(spec: CacheSpec, teacher_file: Path, teacher_sha256: str, teache
                     "config": teacher_config, "meta": json.loads(_canonical(teacher_meta or {}))},
         "teacher_dim": int(teacher_config["embed_dim"]),
         "grid": list(spec.grid), "tokens": spec.tokens, "token_order": "t,h,w",
-        "final_norm": True,
+        # imported VideoMAE teachers with mean pooling have no per-token final norm
+        "final_norm": bool(teacher_config.get("final_norm", True)),
         "storage": {"dtype": st.dtype, "stored_dtype": stored_dtype(st.dtype).name, "codec": st.codec,
                     "level": st.level, "rows_per_shard": st.rows_per_shard, "chunk_rows": 1,
                     "codecs": codecs_description(st),
