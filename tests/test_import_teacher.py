@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 
 import pytest
 import torch
@@ -142,6 +143,21 @@ def test_hf_videomae_without_qv_bias_and_with_a_preprocessor_config(tmp_path, cl
     s = import_teacher(tmp_path / "hf", tmp_path / "t.pt")
     assert s.config["qkv_bias"] is False
     assert s.input["mean"] == [0.5] * 3 and s.input["normalization_from"] == "preprocessor_config.json"
+    err, _ = errors(our_tokens(tmp_path / "t.pt", clip), reference_tokens(ref, clip))
+    assert err <= ATOL
+
+
+def test_hf_videomae_written_by_transformers_4_keeps_q_bias_and_v_bias(tmp_path, clip, one_thread):
+    """Hub folders saved by transformers 4 name the biases attention.attention.q_bias / v_bias."""
+    from safetensors.torch import save_file
+
+    ref = videomae_reference(seed=4)
+    ref.save_pretrained(tmp_path / "hf")
+    old = {re.sub(r"attention\.attention\.(query|value)\.bias", lambda m: f"attention.attention.{m.group(1)[0]}_bias", k):
+           v.contiguous() for k, v in ref.state_dict().items()}
+    assert "encoder.layer.0.attention.attention.q_bias" in old
+    save_file(old, tmp_path / "hf" / "model.safetensors")
+    import_teacher(tmp_path / "hf", tmp_path / "t.pt")
     err, _ = errors(our_tokens(tmp_path / "t.pt", clip), reference_tokens(ref, clip))
     assert err <= ATOL
 
