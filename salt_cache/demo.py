@@ -68,8 +68,17 @@ def render_clip(label: int, rng: np.random.Generator, size: int = 64, frames: in
     return out
 
 
+# x264 settings that make the bytes a function of the frames alone. threads=1: x264's output
+# depends on its thread count, which "auto" takes from the cores of the process (so a DataLoader
+# worker or a taskset shell wrote other bytes). mbtree=0: even on one thread, the macroblock-tree
+# rate control gave up to 10 distinct outputs in 40 encodes of one 64 px clip (PyAV 18, x264 core
+# 165: its float asm is not reproducible run to run); without it, 1080 encodes of 12 clips in 3
+# processes (2 cores, 1 core) all matched.
+X264_OPTIONS = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0"}
+
+
 def encode_mp4(frames: np.ndarray, fps: int = 8) -> bytes:
-    """uint8 [T, H, W, 3] -> H.264 MP4 bytes."""
+    """uint8 [T, H, W, 3] -> H.264 MP4 bytes, the same bytes in every process (X264_OPTIONS)."""
     import av
 
     buf = io.BytesIO()
@@ -77,7 +86,7 @@ def encode_mp4(frames: np.ndarray, fps: int = 8) -> bytes:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1], frames.shape[2]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
+        stream.options = dict(X264_OPTIONS)
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 container.mux(packet)

@@ -54,3 +54,29 @@ def test_demo_data_is_balanced_and_deterministic(demo, tmp_path):
     b = {k: d for s in resolve_shards(tmp_path / "d" / "val") for k, d, _ in iter_shard(s)}
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
     assert json.loads((tmp_path / "d" / "val" / "index.json").read_text())["samples"] == len(a)
+
+
+ENCODE_SCRIPT = """
+import hashlib, os, sys
+import numpy as np
+from salt_cache.demo import encode_mp4, render_clip
+if sys.argv[1] == "one-core" and hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # x264's "auto" threads would change
+for label, size, frames in ((0, 32, 12), (3, 64, 24)):
+    clip = render_clip(label, np.random.default_rng([7, label]), size, frames)
+    print(label, sorted({hashlib.sha256(encode_mp4(clip)).hexdigest() for _ in range(8)}))
+"""
+
+
+def test_demo_mp4_bytes_are_the_same_in_every_process(tmp_path):
+    """x264 pinned (one thread, no mb-tree): 8 encodes of a clip in each of two processes, one
+    of them held to one core, give one byte string."""
+    import subprocess
+    import sys
+
+    outs = [subprocess.run([sys.executable, "-c", ENCODE_SCRIPT, mode], capture_output=True, text=True, timeout=120)
+            for mode in ("all-cores", "one-core")]
+    assert all(o.returncode == 0 for o in outs), [o.stderr[-2000:] for o in outs]
+    lines = [o.stdout.strip().splitlines() for o in outs]
+    assert lines[0] == lines[1] and len(lines[0]) == 2
+    assert all(line.count("'") == 2 for line in lines[0])  # one distinct digest per clip
