@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from salt_cache.cli import app
+from salt_cache.diagnostics import RANK_KEYS
 from salt_cache.errors import SaltCacheError
 from salt_cache.masks import DEFAULT_MASKS
 from salt_cache.shards import iter_shard, resolve_shards, shard_keys
@@ -202,8 +203,11 @@ def test_stopped_and_resumed_run_logs_exactly_the_same_losses(straight, tmp_path
     for name in ("log.csv", "val.csv"):
         a, b = read_log(ref / name), read_log(out / name)
         assert [r["step"] for r in a] == [r["step"] for r in b] == ([1, 2, 3, 4, 5, 6] if name == "log.csv" else [2, 4, 6])
-        cols = LOSS_COLUMNS if name == "log.csv" else ("step", "val_loss", "val_loss_short", "val_loss_long")
+        cols = LOSS_COLUMNS if name == "log.csv" else ("step", "val_loss", "val_loss_short", "val_loss_long") + RANK_KEYS
         assert [[r[c] for c in cols] for r in a] == [[r[c] for c in cols] for r in b]
+    # the teacher's val tokens: 4 clips x 32 tokens of a 96-wide encoder; clip level at most 4
+    ranks = read_log(ref / "val.csv")[-1]
+    assert 1 < ranks["rankme_clip"] <= 4 < ranks["rankme_token"] <= 96 and 1 < ranks["erank_token"] <= 96
     ta, tb = (torch.load(p / "teacher.pt", weights_only=True)["state_dict"] for p in (ref, out))
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     assert [s for s, _ in run_checkpoints(out)] == [3, 6]
@@ -267,5 +271,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(demo, tmp_pa
         assert len(a) == len(b) > 0
         for ra, rb in zip(a, b):
             assert all(abs(ra[c] - rb[c]) < 1e-5 for c in cols), (ra, rb)
+    # rank diagnostics: val batch 1 ran on the other process, its tokens were gathered on rank 0
+    for ra, rb in zip(read_log(one / "val.csv"), read_log(two / "val.csv")):
+        assert all(abs(ra[c] - rb[c]) < 1e-4 * ra[c] for c in RANK_KEYS), (ra, rb)
     ta, tb = (torch.load(p / "teacher.pt", weights_only=True)["state_dict"] for p in (one, two))
     assert all(torch.allclose(ta[k], tb[k], atol=1e-5) for k in ta)

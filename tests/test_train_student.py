@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from salt_cache.cache import build_cache
 from salt_cache.checkpoint import load_encoder
 from salt_cache.cli import app
+from salt_cache.diagnostics import RANK_KEYS
 from salt_cache.masks import MaskSet, multiblock_masks
 from salt_cache.train.config import load_run_config
 from salt_cache.train.data import StageContext, read_samples, collate
@@ -120,7 +121,7 @@ def test_micro_student_learns_from_the_cache_and_resumes_exactly(demo, cached, t
     train(short, ref, show_progress=False)
     train(short, res, stop_at=3, show_progress=False)
     train(short, res, resume=True, show_progress=False)
-    for name, cols in (("log.csv", LOSS_COLUMNS), ("val.csv", ("step", "val_loss"))):
+    for name, cols in (("log.csv", LOSS_COLUMNS), ("val.csv", ("step", "val_loss") + RANK_KEYS)):
         a, b = read_log(ref / name), read_log(res / name)
         assert [[r[c] for c in cols] for r in a] == [[r[c] for c in cols] for r in b]
 
@@ -140,6 +141,8 @@ def test_two_processes_match_one_process(demo, cached, tmp_path):
         assert len(a) == len(b) > 0
         for ra, rb in zip(a, b):
             assert all(abs(ra[c] - rb[c]) < 1e-5 for c in cols), (ra, rb)
+    for ra, rb in zip(read_log(one / "val.csv"), read_log(two / "val.csv")):
+        assert all(abs(ra[c] - rb[c]) < 1e-4 * ra[c] for c in RANK_KEYS), (ra, rb)
 
 
 def test_refusals_are_one_line(demo, cached, tmp_path):

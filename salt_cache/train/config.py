@@ -142,13 +142,16 @@ class TrainConfig:
     ckpt_every: int = 1000
     val_every: int = 500
     val_batches: int = 8
+    # token rows behind val.csv's RankMe / effective-rank columns (computed on the encoder's
+    # tokens of the whole val clips; 0: no such columns, no extra encoder forward)
+    val_rank_rows: int = 8192
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "val_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise SaltCacheError(f"{name}: expected >= 1, got {getattr(self, name)}")
-        for name in ("workers", "val_batches", "seed"):
+        for name in ("workers", "val_batches", "seed", "val_rank_rows"):
             if getattr(self, name) < 0:
                 raise SaltCacheError(f"{name}: expected >= 0, got {getattr(self, name)}")
         if not self.masks:
@@ -174,7 +177,7 @@ class TrainConfig:
 
 # Fields that may change when a run is resumed: they do not touch the training math or the data
 # stream (validation and checkpoints run in eval mode and draw no random numbers).
-RESUME_FREE = ("device", "compile", "log_every", "ckpt_every", "val_every", "val_batches",
+RESUME_FREE = ("device", "compile", "log_every", "ckpt_every", "val_every", "val_batches", "val_rank_rows",
                "data.val", "data.val_batch_size")
 
 

@@ -108,6 +108,16 @@ def all_gather_objects(obj, env: DistEnv) -> list:
     return out
 
 
+def gather_objects(obj, env: DistEnv) -> list | None:
+    """[obj of rank 0, obj of rank 1, ...] on rank 0, None on the others (one copy of every
+    rank's record, e.g. validation features, instead of world_size copies)."""
+    if not env.distributed:
+        return [obj]
+    out = [None] * env.world_size if env.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def broadcast_object(obj, env: DistEnv):
     """Rank 0's `obj` on every rank."""
     if not env.distributed:

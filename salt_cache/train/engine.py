@@ -2,8 +2,10 @@
 
 A stage's model is an `nn.Module` whose `forward(batch) -> (loss, per_set)` takes a batch dict
 (see `salt_cache.train.data`) already on the device and returns the scalar loss and a 1-D
-tensor of per-mask-set losses. The engine never looks inside it, so Stage 1 and Stage 2 share
-everything here.
+tensor of per-mask-set losses, and whose `encode(clip [B, C, T, H, W]) -> tokens [B, N, D]` runs
+the network the stage trains on the whole, unmasked clip (validation logs RankMe and effective
+rank of those tokens, see `salt_cache.diagnostics`). The engine never looks further inside it,
+so Stage 1 and Stage 2 share everything here.
 
 A stage's `train()` (teacher.py is the reference) keeps this order; the comments say why:
   1. env = dist.setup(config.device, config.workers); dist.teardown(env) in a finally.
@@ -80,32 +82,57 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, fetch: Callab
     return StepResult(loss=float(total[0]), per_set=[float(v) for v in total[1:]], grad_norm=grad_norm)
 
 
+@dataclass
+class ValResult:
+    loss: float
+    per_set: list[float]
+    ranks: dict[str, float] | None = None  # diagnostics.RANK_KEYS, on rank 0 only
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, val: ValSet, env: dist.DistEnv, bf16: bool) -> tuple[float, list[float]] | None:
-    """Sample-weighted mean loss (and per-set losses) over the fixed validation set.
+def evaluate(model: nn.Module, val: ValSet, env: dist.DistEnv, bf16: bool, rank_rows: int = 0) -> ValResult | None:
+    """Sample-weighted mean loss (and per-set losses) over the fixed validation set, and with
+    `rank_rows` > 0 the RankMe / effective rank of `model.encode` tokens of the val clips (token
+    rows capped at `rank_rows`).
 
     Batch i runs on rank i % world_size and the sums are reduced, so the number does not depend
-    on the number of processes. Pass the bare model (not the DDP wrapper)."""
+    on the number of processes; the rank diagnostics' clip means and token samples are keyed by
+    each clip's place in the val set and gathered on rank 0, so they do not either. Eval mode, no
+    random numbers drawn: validation never moves a run's RNG. Pass the bare model (not the DDP
+    wrapper)."""
+    from salt_cache.diagnostics import RankSample
+
     was_training = model.training
     model.eval()
     sums = None
+    sample = RankSample(len(val.samples), rank_rows) if rank_rows > 0 else None
     for i in range(env.rank, len(val), env.world_size):
         batch = val.batch(i)
         if batch is None:
             continue
         n = len(batch["keys"])
+        batch = to_device(batch, env.device)
         with autocast(env.device, bf16):
-            loss, per_set = model(to_device(batch, env.device))
+            loss, per_set = model(batch)
+            if sample is not None:
+                sample.add(model.encode(batch["clip"]), i * val.batch_size)
         values = torch.cat((loss.float().reshape(1), per_set.float().reshape(-1), torch.ones(1, device=loss.device))).cpu().double() * n
         sums = values if sums is None else sums + values
     if sums is None:
         sums = torch.zeros(2 + len(val.mask_sets), dtype=torch.float64)
     sums = dist.all_reduce_sum(sums, env).double()
+    ranks = None
+    if sample is not None:
+        gathered = dist.gather_objects(sample.parts, env)
+        if gathered is not None:
+            for parts in gathered:
+                sample.merge(parts)
+            ranks = sample.ranks()
     model.train(was_training)
     if float(sums[-1]) == 0:
         return None
     mean = sums[:-1] / sums[-1]
-    return float(mean[0]), [float(v) for v in mean[1:]]
+    return ValResult(float(mean[0]), [float(v) for v in mean[1:]], ranks)
 
 
 class Interval:
@@ -198,8 +225,11 @@ def make_loaders(config, stage, shards: list, val_shards: list | None, per_rank:
     return data, val
 
 
-def val_columns(set_names: list[str]) -> list[str]:
-    return ["step", "val_loss"] + [f"val_loss_{n}" for n in set_names]
+def val_columns(set_names: list[str], ranks: bool = True) -> list[str]:
+    """val.csv's columns; `ranks`: the RankMe / effective-rank columns (TrainConfig.val_rank_rows > 0)."""
+    from salt_cache.diagnostics import RANK_KEYS
+
+    return ["step", "val_loss"] + [f"val_loss_{n}" for n in set_names] + (list(RANK_KEYS) if ranks else [])
 
 
 def fit(*, config, env: dist.DistEnv, run, net: nn.Module, model: nn.Module, modules: dict[str, nn.Module],
@@ -241,10 +271,11 @@ def fit(*, config, env: dist.DistEnv, run, net: nn.Module, model: nn.Module, mod
                 wait_total += wait_s
                 run.log(interval.row(done, lr, wd, wait_s, skipped))
             if val is not None and (done % config.val_every == 0 or done == config.steps):
-                v = evaluate(model, val, env, config.bf16)
+                v = evaluate(model, val, env, config.bf16, config.val_rank_rows)
                 if v is not None:
-                    val_loss = v[0]
-                    run.log_val({"step": done, "val_loss": v[0], **{f"val_loss_{n}": x for n, x in zip(names, v[1])}})
+                    val_loss = v.loss
+                    run.log_val({"step": done, "val_loss": v.loss, **{f"val_loss_{n}": x for n, x in zip(names, v.per_set)},
+                                 **(v.ranks or {})})
             if done % config.ckpt_every == 0 or done == end:
                 run.save(done, modules, optimizer, data.state(), interval.state(), model_configs=model_configs,
                          meta={**meta, "loss": loss, "val_loss": val_loss})

@@ -3,7 +3,9 @@
 RUN/
   config.yaml                  the resolved config (every default written out)
   log.csv                      one row every log_every steps (see `engine.Interval.columns`)
-  val.csv                      step, val_loss, val_loss_<set> every val_every steps
+  val.csv                      step, val_loss, val_loss_<set> every val_every steps, and RankMe /
+                               effective rank of the trained encoder's val tokens (rankme_token,
+                               rankme_clip, erank_token, erank_clip; `engine.evaluate`)
   checkpoints/step-NNNNNNN.pt  run state every ckpt_every steps (and at the end / at --stop-at)
   checkpoints/last.pt          the newest run state
   pictures/, teacher.pt, ...   what the stage adds
@@ -221,9 +223,11 @@ def _append_csv(path: Path, columns: list[str], row: dict) -> None:
 
 
 def read_log(path: Path) -> list[dict]:
-    """log.csv / val.csv rows as dicts of floats (step as int)."""
+    """log.csv / val.csv rows as dicts of floats (step as int; an empty cell, e.g. a column added
+    after a resumed run's earlier rows, reads as nan)."""
     with open(path, newline="") as f:
-        return [{k: (int(v) if k == "step" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [{k: (int(v) if k == "step" else float(v) if v.strip() else float("nan")) for k, v in r.items()}
+                for r in csv.DictReader(f)]
 
 
 def run_checkpoints(run: Path) -> list[tuple[int, Path]]:

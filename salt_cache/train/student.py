@@ -95,6 +95,10 @@ class SALT(nn.Module):
         with torch.no_grad():
             return normalize_targets(self.teacher(batch["clip"]), self.target_norm)
 
+    def encode(self, clip: torch.Tensor) -> torch.Tensor:
+        """The student's tokens [B, N, D] of the whole clip (validation diagnostics)."""
+        return self.student(clip)
+
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         clip = batch["clip"]
         grid = self.student.grid(clip.shape)
@@ -224,7 +228,7 @@ def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, 
     shards, val_shards, per_rank = check_inputs(config, env, stop_at)
     fingerprint, teacher_dim, teacher = _targets_source(config, shards, val_shards, env)
     interval = Interval([m.name for m in config.masks])
-    run = Run(out, config, env, STAGE, interval.columns(), val_columns(interval.set_names), resume=resume)
+    run = Run(out, config, env, STAGE, interval.columns(), val_columns(interval.set_names, config.val_rank_rows > 0), resume=resume)
 
     torch.manual_seed(config.seed)
     model = build_model(config, teacher_dim, teacher).to(env.device)

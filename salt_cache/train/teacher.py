@@ -103,6 +103,10 @@ class VPixel(nn.Module):
         self.mean, self.std, self.norm_pix = tuple(mean), tuple(std), norm_pix
         self.patch, self.tubelet = encoder.config.patch_size, encoder.config.tubelet_size
 
+    def encode(self, clip: torch.Tensor) -> torch.Tensor:
+        """The teacher's tokens [B, N, D] of the whole clip (validation diagnostics)."""
+        return self.encoder(clip)
+
     def predict(self, clip: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor) -> torch.Tensor:
         """Predicted (normalized) target patches [B, Nt, P * C]; the encoder gets context tokens only."""
         grid = self.encoder.grid(clip.shape)
@@ -180,7 +184,7 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
     t_start = time.perf_counter()
     shards, val_shards, per_rank = check_inputs(config, env, stop_at)
     interval = Interval([m.name for m in config.masks])
-    run = Run(out, config, env, STAGE, interval.columns(), val_columns(interval.set_names), resume=resume)
+    run = Run(out, config, env, STAGE, interval.columns(), val_columns(interval.set_names, config.val_rank_rows > 0), resume=resume)
 
     torch.manual_seed(config.seed)
     model = build_model(config).to(env.device)
