@@ -254,15 +254,17 @@ def verify(
 @user_errors
 def inspect_cache(
     cache: Path = typer.Argument(..., help="Cache folder."),
+    rank_sample: int = typer.Option(256, help="Rows read (spread evenly over the stores) for the latents' RankMe / effective rank; 0 to skip."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ):
-    """Show a cache: spec, fingerprint, row and view counts, failed rows, bytes vs fp32, stores."""
+    """Show a cache: spec, fingerprint, row and view counts, failed rows, bytes vs fp32, stores,
+    and the RankMe / effective rank of a sample of its latents (judge a teacher before Stage 2)."""
     import json
 
     from salt_cache.cache import describe_cache
     from salt_cache.cache.tables import describe_tables
 
-    rep = describe_cache(cache)
+    rep = describe_cache(cache, rank_sample=rank_sample)
     if json_out:
         typer.echo(json.dumps(rep, indent=2, default=str))
         return

@@ -208,3 +208,27 @@ def test_describe_and_cli_inspect(built):
     assert "4 done of 4" in res.output and "36 clips, 72 rows" in res.output and "000003-shard-000003.zarr" in res.output
     res = runner.invoke(app, ["inspect", str(built["cache"]), "--json"])
     assert json.loads(res.stdout)["counts"]["rows"] == 72
+
+
+def test_inspect_reports_the_ranks_of_a_spread_sample_of_latents(built):
+    from salt_cache.diagnostics import feature_ranks
+
+    reader = CacheReader(built["cache"])
+    refs = sorted((r for k in reader.keys() for r in reader.rows(k)), key=lambda r: (r.store, r.row))
+    # every row (72 < 256): the numbers are those of the whole latent tensor
+    ranks = describe_cache(built["cache"])["ranks"]
+    want = feature_ranks(torch.stack([reader.read(r) for r in refs]))
+    assert (ranks["rows"], ranks["ok_rows"], ranks["tokens"], ranks["dim"]) == (72, 72, TOKENS, DIM)
+    assert ranks["rankme_token"] == pytest.approx(want["rankme_token"]) and ranks["erank_row"] == pytest.approx(want["erank_clip"])
+    assert 1 < ranks["rankme_row"] <= DIM and 1 < ranks["erank_token"] <= DIM
+    # 8 rows spread over the 4 stores of 18 rows: 2 from each, the same 8 every time
+    res = runner.invoke(app, ["inspect", str(built["cache"]), "--rank-sample", "8", "--json"])
+    few = json.loads(res.stdout)["ranks"]
+    assert few["rows"] == 8 and few == describe_cache(built["cache"], rank_sample=8)["ranks"]
+    picked = [refs[i] for i in (0, 10, 20, 30, 41, 51, 61, 71)]
+    assert sorted({r.store for r in picked}) == store_names(built["cache"])
+    assert few["rankme_row"] == pytest.approx(feature_ranks(torch.stack([reader.read(r) for r in picked]))["rankme_clip"])
+    res = runner.invoke(app, ["inspect", str(built["cache"]), "--rank-sample", "8"])
+    assert res.exit_code == 0 and "latent ranks (8 of 72 ok rows, 32 tokens x 96 wide)" in res.output
+    assert describe_cache(built["cache"], rank_sample=0)["ranks"] is None
+    assert "latent ranks" not in runner.invoke(app, ["inspect", str(built["cache"]), "--rank-sample", "0"]).output

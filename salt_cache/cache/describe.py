@@ -1,17 +1,48 @@
-"""`describe_cache`: what a cache holds, from cache.json and the done records alone (no latent
-is read): spec, fingerprint, row / view / clip counts, failed rows, bytes on disk vs raw fp32,
-one line per store."""
+"""`describe_cache`: what a cache holds, from cache.json and the done records (spec,
+fingerprint, row / view / clip counts, failed rows, bytes on disk vs raw fp32, one line per
+store), plus the RankMe / effective rank of a sample of its latents (`latent_ranks`), so a
+teacher can be judged before Stage 2 is paid for: a collapsed teacher's latents have a rank of a
+few, whatever its loss said."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from salt_cache.cache.manifest import read_cache_json, stray_entries
+from salt_cache.diagnostics import MAX_TOKEN_ROWS
+
+RANK_SAMPLE = 256  # rows read for the rank diagnostics
 
 
-def describe_cache(cache: Path) -> dict:
+def latent_ranks(cache: Path, rows: int = RANK_SAMPLE, max_rows: int = MAX_TOKEN_ROWS) -> dict | None:
+    """RankMe and effective rank of the cached latents, on `rows` ok rows spread evenly over all
+    ok rows in (store, row) order (so every store contributes in proportion to its rows; the
+    same rows every time): token level (each row gives an equal share of `max_rows` token rows)
+    and row level (each row's mean token). -> {"rows", "ok_rows", "tokens", "dim",
+    "rankme_token", "rankme_row", "erank_token", "erank_row"}; None when rows is 0 or nothing is ok."""
+    from salt_cache.cache.reader import CacheReader
+    from salt_cache.diagnostics import RankSample, even_sample
+
+    if rows <= 0:
+        return None
+    reader = CacheReader(cache)
+    refs = sorted((r for key in reader.keys() for r in reader.rows(key)), key=lambda r: (r.store, r.row))
+    picked = [refs[i] for i in even_sample(len(refs), rows)]
+    if not picked:
+        return None
+    sample = RankSample(len(picked), max_rows)
+    for i, ref in enumerate(picked):  # one row at a time: memory stays one row + the sample
+        sample.add(reader.read(ref)[None], i)
+    r = sample.ranks()
+    return {"rows": len(picked), "ok_rows": len(refs), "tokens": reader.tokens, "dim": reader.teacher_dim,
+            "rankme_token": r["rankme_token"], "rankme_row": r["rankme_clip"],
+            "erank_token": r["erank_token"], "erank_row": r["erank_clip"]}
+
+
+def describe_cache(cache: Path, rank_sample: int = RANK_SAMPLE) -> dict:
     """-> {"cache", "status", "spec", "fingerprint", "counts", "bytes", "stores": [...],
-    "failures": [...], "missing_stores": [...], "stray": [...]}."""
+    "failures": [...], "missing_stores": [...], "stray": [...], "ranks": `latent_ranks` of
+    `rank_sample` rows (None for 0)}."""
     cache = Path(cache)
     doc = read_cache_json(cache)
     stores = doc.get("stores", {})
@@ -60,4 +91,5 @@ def describe_cache(cache: Path) -> dict:
         "missing_stores": [s["store"] for s in shards if s["store"] not in stores],
         "stray": stray_entries(cache, doc),
         "summary": doc.get("summary"),
+        "ranks": latent_ranks(cache, rank_sample) if rows else None,
     }

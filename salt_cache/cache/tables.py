@@ -85,6 +85,18 @@ def describe_tables(rep: dict) -> list[Table]:
         else:
             st.add_row(s["store"], "[yellow]not built[/]", "", "", "", "", "")
     out = [over, fpt, st]
+    if rep.get("ranks"):
+        out.append(ranks_table(rep["ranks"]))
     if rep["failures"]:
         out.append(failures_table(rep["failures"]))
     return out
+
+
+def ranks_table(r: dict) -> Table:
+    """latent_ranks() -> RankMe and effective rank, token level and row level."""
+    t = Table(title=f"latent ranks ({r['rows']} of {r['ok_rows']} ok rows, {r['tokens']} tokens x {r['dim']} wide)")
+    for col in ("level", "RankMe", "effective rank", "of at most"):
+        t.add_column(col, justify="right")
+    t.add_row("token", f"{r['rankme_token']:.1f}", f"{r['erank_token']:.1f}", str(r["dim"]))
+    t.add_row("row (mean token)", f"{r['rankme_row']:.1f}", f"{r['erank_row']:.1f}", str(min(r["dim"], r["rows"])))
+    return t
