@@ -38,6 +38,45 @@ def save_encoder(path: Path, model: VideoViT, meta: dict | None = None) -> Path:
     return Path(path)
 
 
+def init_encoder(out: Path, model: str, *, patch_size: int = 16, tubelet_size: int = 2, pos_embed: str = "rope",
+                 seed: int = 0, frames: int | None = None, frame_step: int | None = None,
+                 size: int | None = None) -> tuple[Path, VideoViT]:
+    """Write a randomly initialized encoder checkpoint (a test teacher, or the untrained baseline
+    the probes are read against). With frames, frame_step and size (all three), meta["clip"]
+    records that clip, so `probe` reads the baseline on the same geometry as the trained
+    encoders it is compared with. -> (path, encoder)."""
+    import json
+
+    import torch
+
+    from salt_cache.config import to_dict
+    from salt_cache.models import build_encoder
+    from salt_cache.video import ClipSpec
+
+    given = {"frames": frames, "frame_step": frame_step, "size": size}
+    clip = None
+    if any(v is not None for v in given.values()):
+        missing = [k for k, v in given.items() if v is None]
+        if missing:
+            raise SaltCacheError(f"{missing[0]}: frames, frame_step and size record the encoder's clip together; "
+                                 f"give {missing[0]} too")
+        try:
+            spec = ClipSpec(frames=int(frames), frame_step=int(frame_step), size=int(size), crop="center")
+        except (TypeError, ValueError):
+            raise SaltCacheError(f"frames / frame_step / size: expected integers, got {frames!r} / {frame_step!r} / {size!r}") from None
+        if spec.frames % tubelet_size or spec.size % patch_size:
+            raise SaltCacheError(f"frames / size: a {spec.frames}-frame, {spec.size} px clip does not tile into "
+                                 f"tubelets of {tubelet_size} x patches of {patch_size}")
+        clip = json.loads(json.dumps(to_dict(spec)))  # plain lists, as the training stages store it
+    torch.manual_seed(seed)
+    try:
+        enc = build_encoder(model, patch_size=patch_size, tubelet_size=tubelet_size, pos_embed=pos_embed)
+    except ValueError as e:
+        raise SaltCacheError(str(e)) from None
+    meta = {"origin": "init-model", "seed": seed, **({"clip": clip} if clip else {})}
+    return save_encoder(out, enc, meta=meta), enc
+
+
 def load_checkpoint(path: Path, kind: str | None = None) -> dict:
     """Load any salt-cache checkpoint safely; `kind` checks what it holds."""
     path = Path(path)

@@ -115,20 +115,18 @@ def init_model(
     tubelet_size: int = typer.Option(2, help="Frames per tubelet."),
     pos_embed: str = typer.Option("rope", help="Position encoding: rope or sincos."),
     seed: int = typer.Option(0, help="Initialization seed."),
+    frames: Optional[int] = typer.Option(None, help="Clip frames to record as the encoder's clip (with --frame-step and --size): probe then reads it on that geometry."),
+    frame_step: Optional[int] = typer.Option(None, help="Source frames between clip frames (the recorded clip)."),
+    size: Optional[int] = typer.Option(None, help="Clip side in pixels (the recorded clip)."),
 ):
     """Write a randomly initialized encoder checkpoint (a test teacher or a baseline)."""
-    import torch
+    from salt_cache.checkpoint import init_encoder
+    from salt_cache.models import param_count
 
-    from salt_cache.checkpoint import save_encoder
-    from salt_cache.models import build_encoder, param_count
-
-    try:
-        torch.manual_seed(seed)
-        enc = build_encoder(model, patch_size=patch_size, tubelet_size=tubelet_size, pos_embed=pos_embed)
-    except ValueError as e:
-        raise SaltCacheError(str(e)) from None
-    save_encoder(out, enc, meta={"origin": "init-model", "seed": seed})
-    console.print(f"wrote {out}: {model} encoder, {param_count(enc) / 1e6:.2f} M parameters")
+    path, enc = init_encoder(out, model, patch_size=patch_size, tubelet_size=tubelet_size, pos_embed=pos_embed,
+                             seed=seed, frames=frames, frame_step=frame_step, size=size)
+    clip = f", clip {frames} frames every {frame_step}, {size} px" if frames else ""
+    console.print(f"wrote {path}: {model} encoder, {param_count(enc) / 1e6:.2f} M parameters{clip}")
 
 
 @app.command("import-teacher")
@@ -280,7 +278,7 @@ def probe(
     encoder: Path = typer.Option(..., help="Encoder checkpoint to evaluate (a teacher.pt, a student's encoder, init-model output)."),
     train: list[str] = typer.Option(..., help="Labelled train shards: a folder, a brace pattern or a comma list (repeatable)."),
     val: list[str] = typer.Option(..., help="Labelled validation shards (repeatable)."),
-    spec: Optional[str] = typer.Option(None, help="Cache spec for the probe's clips (YAML file or name in cache_specs/); default: demo-probe with the encoder's patch and tubelet sizes."),
+    spec: Optional[str] = typer.Option(None, help="Cache spec for the probe's clips (YAML file or name in cache_specs/); default: the encoder's training clip from its checkpoint (frames, step or fps, size, mean/std), centre crop, 1 view."),
     epochs: Optional[int] = typer.Option(None, help="Probe epochs over the cached features (default 20)."),
     batch_size: Optional[int] = typer.Option(None, help="Probe batch size (default 16)."),
     lrs: Optional[str] = typer.Option(None, help="Learning rates, comma-separated (default 5e-3,1e-3,3e-4; the paper's: 5e-3,3e-3,1e-3,3e-4,1e-4)."),
@@ -295,8 +293,10 @@ def probe(
 ):
     """Frozen evaluation: an attentive probe on the encoder's cached tokens.
 
-    The encoder runs once per clip and view (features are cached); several (lr, wd) heads train
-    side by side and the best head's top-1 and per-class accuracy are reported."""
+    The encoder runs once per clip and view (features are cached) on clips of its own training
+    geometry unless --spec says otherwise; several (lr, wd) heads train side by side and the best
+    head on val (as V-JEPA 2) is reported with its standard error, per-class accuracy and the
+    features' RankMe / effective rank."""
     import json
 
     from salt_cache.probe import print_report, probe_encoder

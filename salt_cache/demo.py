@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from salt_cache.errors import SaltCacheError
 
 CLASSES = ("move-right", "move-left", "grow", "shrink")
+TASK_NAME = "demo task (direction of time)"
 # Per-frame pixel noise (0-255 scale). Kept below the background texture's own variation inside a
 # patch: with more, VideoMAE's per-patch normalized target is mostly noise and V-Pixel learns nothing.
 NOISE_STD = 3.0
@@ -141,4 +143,6 @@ def make_demo_data(out: Path, clips: int = 320, size: int = 64, frames: int = 24
             raise SaltCacheError(f"{out / split}: {len(packed.rejected)} demo clips failed to probe")
         summary["splits"][split] = {"clips": packed.packed, "shards": len(packed.shards)}
     (out / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    # the data's name and class names, for reports (`salt_cache.shards.task_info`)
+    (out / "task.json").write_text(json.dumps({"name": TASK_NAME, "classes": list(CLASSES)}, indent=2) + "\n")
     return summary

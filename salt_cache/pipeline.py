@@ -152,21 +152,19 @@ def _init_done(s: StageSpec, c: Ctx) -> bool:
 
 
 def _init_run(s: StageSpec, c: Ctx) -> dict:
-    """A randomly initialized encoder: the untrained baseline the probes are read against."""
-    import torch
+    """A randomly initialized encoder: the untrained baseline the probes are read against (give
+    it frames, frame_step and size so it is probed on the trained encoders' clip geometry)."""
+    from salt_cache.checkpoint import init_encoder
 
-    from salt_cache.checkpoint import save_encoder
-    from salt_cache.models import build_encoder
-
-    seed = int(s.args.get("seed", 0))
-    torch.manual_seed(seed)
+    a = s.args
     try:
-        enc = build_encoder(s.args["model"], patch_size=int(s.args.get("patch_size", 16)),
-                            tubelet_size=int(s.args.get("tubelet_size", 2)), pos_embed=s.args.get("pos_embed", "rope"))
-    except ValueError as e:
+        init_encoder(c.path(a["out"]), a["model"], patch_size=int(a.get("patch_size", 16)),
+                     tubelet_size=int(a.get("tubelet_size", 2)), pos_embed=a.get("pos_embed", "rope"),
+                     seed=int(a.get("seed", 0)), frames=a.get("frames"), frame_step=a.get("frame_step"),
+                     size=a.get("size"))
+    except SaltCacheError as e:
         raise SaltCacheError(f"stage {s.name!r}: {e}") from None
-    save_encoder(c.path(s.args["out"]), enc, meta={"origin": "init-model", "seed": seed})
-    return {"model": s.args["model"]}
+    return {"model": a["model"]}
 
 
 def _shards_done(s: StageSpec, c: Ctx) -> bool:
@@ -298,7 +296,8 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "demo-data": Kind(_demo_run, _demo_done, ("out",),
                       ("clips", "size", "frames", "seed", "val_fraction", "shard_size", "workers")),
-    "init-model": Kind(_init_run, _init_done, ("out", "model"), ("patch_size", "tubelet_size", "pos_embed", "seed")),
+    "init-model": Kind(_init_run, _init_done, ("out", "model"),
+                       ("patch_size", "tubelet_size", "pos_embed", "seed", "frames", "frame_step", "size")),
     "shards": Kind(_shards_run, _shards_done, ("src", "out"), ("shard_size", "workers")),
     "train-teacher": Kind(_teacher_run, _encoder_done("teacher.pt"), ("out", "train"), ("val", "config", "set")),
     "build": Kind(_build_run, _build_done, ("teacher", "data", "spec", "out"), ("batch_size", "workers", "device")),

@@ -10,6 +10,13 @@ The probe is V-JEPA 2's attentive classifier: `depth - 1` self-attention blocks 
 tokens, then one cross-attention block whose single learned query pools them into a vector, then
 a linear layer. `depth=4` is the paper's probe; the default `depth=1` (the V-JEPA 1 pooler) keeps
 tiny CPU runs fast.
+
+Clip geometry: the encoder is probed on clips like those it was trained on (frames, frame step or
+fps, size, mean/std of its training clip, read from the checkpoint), centre crop, one view; an
+explicit spec wins, and a checkpoint that records no training clip is refused (`probe_spec`).
+The best head is picked on the validation split, as V-JEPA 2 does, so the report gives the
+binomial standard error of its top-1 with it. Every report also gives the RankMe / effective
+rank of the features (`salt_cache.diagnostics`).
 """
 
 from __future__ import annotations
@@ -33,11 +40,14 @@ from timm.layers import Mlp, trunc_normal_
 from salt_cache.config import from_dict, to_dict
 from salt_cache.errors import SaltCacheError
 from salt_cache.models.vit import Block, init_weights
+from salt_cache.shards import task_info
 
 # V-JEPA 2's probe grid (the SALT paper's Table 6): 5 x 4 = 20 heads
 PAPER_LRS = (5e-3, 3e-3, 1e-3, 3e-4, 1e-4)
 PAPER_WDS = (0.8, 0.4, 0.1, 0.01)
-DEFAULT_SPEC = "demo-probe"
+# one binomial standard error of the best head's top-1 above this many points earns a warning
+MAX_SE_POINTS = 2.5
+RANK_ROWS = 1024  # feature rows (clip x view) per split behind the report's RankMe / effective rank
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,18 +458,31 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def probe_spec(spec, encoder_config: dict):
-    """The cache spec the probe encodes with: `spec` (a CacheSpec, a YAML path or a bare name in
-    cache_specs/; None: DEFAULT_SPEC), with patch and tubelet sizes taken from the encoder.
-    -> (CacheSpec, notes: list[str])."""
-    from salt_cache.spec import load_spec
+def probe_spec(spec, encoder_config: dict, clip: dict | None = None, where: str = "the encoder checkpoint"):
+    """The cache spec the probe encodes with, in order of precedence:
+      1. `spec` (a CacheSpec, a YAML path or a bare name in cache_specs/), as given;
+      2. `clip`, the encoder's own training clip (a ClipSpec dict from its checkpoint: frames,
+         frame_step or fps, size, mean, std), with a centre crop and one view: the encoder is
+         read on the inputs it learned from, not on some other geometry;
+      3. neither: refused in one line naming `where` and --spec.
+    Patch and tubelet sizes always come from the encoder. -> (CacheSpec, notes: list[str])."""
+    from salt_cache.config import from_dict as clip_from_dict
+    from salt_cache.spec import CacheSpec, load_spec
+    from salt_cache.video import ClipSpec
 
-    if spec is None:
-        spec = load_spec(DEFAULT_SPEC)
-    elif isinstance(spec, (str, Path)):
-        spec = load_spec(spec)
     notes = []
     patch, tubelet = int(encoder_config["patch_size"]), int(encoder_config["tubelet_size"])
+    if spec is None and clip is None:
+        raise SaltCacheError(f"{where}: records no training clip (meta.clip), so the probe cannot match its clip "
+                             "geometry; pass --spec (for init-model baselines: --frames, --frame-step and --size)")
+    if spec is None:
+        c = replace(clip_from_dict(ClipSpec, dict(clip), source=f"{where}: clip"), crop="center")
+        spec = CacheSpec(name="training-clip", clip=c, views=1, seed=0, patch_size=patch, tubelet_size=tubelet)
+        step = f"frame_step {c.frame_step}" if c.frame_step is not None else f"fps {c.fps:g}"
+        notes.append(f"clips as the encoder was trained on ({where}): {c.frames} frames, {step}, {c.size} px; "
+                     "centre crop, 1 view")
+    elif isinstance(spec, (str, Path)):
+        spec = load_spec(spec)
     clip = spec.clip
     if clip.size % patch:
         raise SaltCacheError(f"spec {spec.name}: clip.size {clip.size} is not a multiple of the encoder's patch size {patch} (pass --spec)")
@@ -477,7 +500,8 @@ def encoder_checkpoint(path: Path, workdir: Path) -> tuple[Path, dict, dict]:
     """An encoder checkpoint file for `build_cache`. `path` may hold an encoder (used as is), or
     be a training run's state checkpoint or run folder (its checkpoints/last.pt): its encoder is
     then saved as workdir/encoders/<sha256 of the source, 12 hex>.pt, once.
-    -> (encoder file, encoder config dict, source: {"kind", "stage", "step"})."""
+    -> (encoder file, encoder config dict, source: {"kind", "stage", "step", "clip": the
+    training clip (an encoder's meta.clip, a run's config clip) or None, "clip_from"})."""
     from salt_cache.checkpoint import file_sha256, load_checkpoint, save_encoder
 
     path = Path(path)
@@ -485,17 +509,21 @@ def encoder_checkpoint(path: Path, workdir: Path) -> tuple[Path, dict, dict]:
         ckpt = load_checkpoint(path)
         if ckpt.get("kind") == "encoder":
             # build_cache loads the weights itself
-            return path, ckpt["config"], {"kind": "encoder", "stage": ckpt.get("meta", {}).get("stage"), "step": None}
+            meta = ckpt.get("meta") or {}
+            return path, ckpt["config"], {"kind": "encoder", "stage": meta.get("stage"), "step": meta.get("step"),
+                                          "clip": meta.get("clip"), "clip_from": f"{path.name} meta.clip"}
         del ckpt
     from salt_cache.train.runs import load_run_encoder
 
     model, meta = load_run_encoder(path)
     source = path / "checkpoints" / "last.pt" if path.is_dir() else path
+    clip = (meta.get("config") or {}).get("clip")
     out = Path(workdir) / "encoders" / f"{file_sha256(source)[:12]}.pt"
     if not out.is_file():
         save_encoder(out, model, {"origin": "probe", "source": str(source), "step": meta.get("step"),
-                                  "stage": meta.get("stage")})
-    return out, model.config.to_dict(), {"kind": "run-state", "stage": meta.get("stage"), "step": meta.get("step")}
+                                  "stage": meta.get("stage"), "clip": clip})
+    return out, model.config.to_dict(), {"kind": "run-state", "stage": meta.get("stage"), "step": meta.get("step"),
+                                         "clip": clip, "clip_from": f"{source.name} run config clip"}
 
 
 def encode_split(encoder_ckpt: Path, paths: list[Path], spec, cache_dir: Path, batch_size: int = 8,
@@ -575,13 +603,17 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
     encoder_ckpt: an encoder checkpoint, or a training run's checkpoint or folder (its encoder is
     extracted, see `encoder_checkpoint`); train / val: labelled shards (a folder,
     brace pattern, comma list or list). Features are cached under `workdir` (default: a temporary
-    folder, removed afterwards); `spec` as in `probe_spec`; `epochs`, `batch_size`, `lrs`, `wds`
-    (sequences or '1e-3,3e-4' strings), `depth` override fields of `config`. `class_names[i]`
-    names integer label i in the report.
+    folder, removed afterwards); `spec` as in `probe_spec` (None: the checkpoint's training clip,
+    centre crop, one view); `epochs`, `batch_size`, `lrs`, `wds` (sequences or '1e-3,3e-4'
+    strings), `depth` override fields of `config`. `class_names[i]` names integer label i in the
+    report (default: the "classes" of the val data's task.json, see `shards.task_info`).
 
     Returns the report (also written as JSON to `out`, a .json file or a folder): the best
-    head's top-1 and per-class accuracy, chance, every head's (lr, wd, top-1, history), the
-    feature caches (rows, tokens, width, encoder forwards of this call) and wall times."""
+    head's top-1 (chosen on val, "selection") with its binomial standard error ("top1_se") and
+    per-class accuracy, chance, every head's (lr, wd, top-1, history), RankMe / effective rank of
+    each split's features ("ranks"), the data ("task", "data") and clip geometry ("spec",
+    "spec_from"), the feature caches (rows, tokens, width, encoder forwards of this call) and
+    wall times."""
     from salt_cache.checkpoint import file_sha256
     from salt_cache.shards import resolve_shards
 
@@ -609,7 +641,8 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
         encoder_ckpt, enc_cfg, source = encoder_checkpoint(given, Path(workdir))
         if config.num_heads is None:
             config = replace(config, num_heads=int(enc_cfg["num_heads"]))
-        spec, notes = probe_spec(spec, enc_cfg)
+        spec_from = "--spec" if spec is not None else source["clip_from"] if source.get("clip") else None
+        spec, notes = probe_spec(spec, enc_cfg, source.get("clip"), where=str(given))
         sha = file_sha256(encoder_ckpt)
         root = Path(workdir) / f"{sha[:12]}-{_digest(to_dict(spec))[:8]}"
         features, loaded = {}, {}
@@ -635,19 +668,32 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
             notes.append(note)
         data = {s: build_features(*loaded[s], index, max_memory_gb * 2**30) for s in ("train", "val")}
         t0 = time.perf_counter()
+        ranks = {s: split_ranks(data[s]) for s in ("train", "val")}
+        t_ranks = time.perf_counter() - t0
+        t0 = time.perf_counter()
         run = train_probes(data["train"], data["val"], len(classes), config, device=device, progress=progress)
         t_train = time.perf_counter() - t0
     finally:
         if tmp is not None:
             tmp.cleanup()
 
+    task = task_info(paths["val"][0].parent)
+    class_names = class_names or task["classes"]
     names = [class_names[c] if class_names and isinstance(c, int) and 0 <= c < len(class_names) else c
              for c in classes]
     counts = np.bincount(run.targets, minlength=len(classes))
     best = run.records[run.best]
+    n_val = len(run.targets)
+    se = top1_standard_error(best["top1"], n_val)
+    if 100 * se > MAX_SE_POINTS:
+        notes.append(f"one standard error of the best top-1 is {100 * se:.1f} points on {n_val} val clips: validation "
+                     f"sets must be large enough that one standard error is <= {MAX_SE_POINTS:g} points")
     report = {
         "encoder": {"path": str(given), **source, "sha256": sha, "config": enc_cfg},
+        "task": task["name"],
+        "data": {split: [str(p) for p in ps] for split, ps in paths.items()},
         "spec": to_dict(spec),
+        "spec_from": spec_from,
         "probe": to_dict(config),
         "features": features,
         "classes": [str(n) for n in names],
@@ -655,18 +701,39 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
         "chance": 1.0 / len(classes),
         "majority": float(counts.max() / counts.sum()),
         "top1": best["top1"],
+        "top1_se": se,
+        "selection": f"best of {len(run.records)} heads on val (as V-JEPA 2)",
+        "ranks": ranks,
         "best": {"head": best["head"], "lr": best["lr"], "wd": best["wd"], "top1": best["top1"],
                  "val_loss": best["val_loss"],
                  "per_class": per_class_accuracy(run.predictions, run.targets, names)},
         "heads": run.records,
         "grid": head_grid(run.records),
         "notes": notes,
-        "wall_s": {"features": round(t_features, 3), "train": round(t_train, 3),
+        "wall_s": {"features": round(t_features, 3), "ranks": round(t_ranks, 3), "train": round(t_train, 3),
                    "total": round(time.perf_counter() - t_start, 3)},
     }
     if out is not None:
         write_report(report, out)
     return report
+
+
+def top1_standard_error(top1: float, clips: int) -> float:
+    """Binomial standard error sqrt(p (1 - p) / n) of a top-1 measured on n val clips (a fraction)."""
+    return math.sqrt(top1 * (1.0 - top1) / clips) if clips > 0 else float("nan")
+
+
+def split_ranks(data: FeatureSet, rows: int = RANK_ROWS) -> dict:
+    """RankMe / effective rank of a split's features: up to `rows` rows (clip x view) spread
+    evenly over the split, token level (an equal share of MAX_TOKEN_ROWS token rows from each)
+    and clip level (each row's mean token). -> the four `diagnostics.RANK_KEYS` + "rows"."""
+    from salt_cache.diagnostics import RankSample, even_sample
+
+    picked = even_sample(len(data), rows)
+    sample = RankSample(len(picked))
+    for start in range(0, len(picked), 64):
+        sample.add(data.tokens[torch.tensor(picked[start:start + 64])], start)
+    return {**sample.ranks(), "rows": len(picked)}
 
 
 def head_grid(records: list[dict]) -> dict:
@@ -724,13 +791,26 @@ def print_report(report: dict, console=None) -> None:
     for name, v in report["best"]["per_class"].items():
         per.add_row(name, f"{100 * v['accuracy']:.1f}", str(v["count"]))
     console.print(per)
+    if report.get("ranks"):
+        ranks = Table(title="feature ranks (RankMe / effective rank)")
+        for col in ("split", "rows", "RankMe token", "RankMe clip", "eff. rank token", "eff. rank clip"):
+            ranks.add_column(col, justify="right")
+        for split, r in report["ranks"].items():
+            ranks.add_row(split, str(r["rows"]), f"{r['rankme_token']:.1f}", f"{r['rankme_clip']:.1f}",
+                          f"{r['erank_token']:.1f}", f"{r['erank_clip']:.1f}")
+        console.print(ranks)
     best = report["best"]
-    summary = Table(title=f"probe of {Path(report['encoder']['path']).name}")
-    for col in ("top-1", "chance", "best lr", "best wd", "val clips", "features (s)", "train (s)"):
+    task = f" on {report['task']}" if report.get("task") else ""
+    summary = Table(title=f"probe of {Path(report['encoder']['path']).name}{task}")
+    for col in ("top-1 ± 1 s.e.", "chance", "best lr", "best wd", "val clips", "features (s)", "train (s)"):
         summary.add_column(col, justify="right")
-    summary.add_row(f"{100 * best['top1']:.1f}", f"{100 * report['chance']:.1f}", f"{best['lr']:.0e}",
+    se = report.get("top1_se")
+    summary.add_row(f"{100 * best['top1']:.1f}" + ("" if se is None else f" ± {100 * se:.1f}"),
+                    f"{100 * report['chance']:.1f}", f"{best['lr']:.0e}",
                     f"{best['wd']:g}", str(report["features"]["val"]["clips_used"]),
                     f"{report['wall_s']['features']:.1f}", f"{report['wall_s']['train']:.1f}")
+    if report.get("selection"):
+        summary.caption = f"selection: {report['selection']}; clips: {report.get('spec_from') or report['spec']['name']}"
     console.print(summary)
     for note in report["notes"]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)

@@ -104,10 +104,13 @@ def quickstart_report(workdir: Path, args: dict, results: dict | None = None) ->
     record = json.loads((wd / "pipeline.json").read_text()) if (wd / "pipeline.json").is_file() else {}
     walls = {name: r.get("wall_s") for name, r in record.get("stages", {}).items() if r.get("kind") != "report"}
     report = {
+        "task": probes["teacher"].get("task") or "the probes' validation data",
         "teacher_top1": probes["teacher"]["top1"], "student_top1": probes["student"]["top1"],
         "chance": probes["teacher"]["chance"],
         "baseline_top1": probes["random init"]["top1"] if "random init" in probes else None,
         "teacher_encoder": probes["teacher"]["encoder"]["config"], "student_encoder": probes["student"]["encoder"]["config"],
+        "top1_se": {label: rep.get("top1_se") for label, rep in probes.items()},
+        "ranks": {label: (rep.get("ranks") or {}).get("val") for label, rep in probes.items()},
         "wall_s": walls, "wall_total_s": round(sum(v for v in walls.values() if v), 1),
         "pictures": {"losses": str(losses), "probes": str(bars)},
     }
@@ -117,16 +120,26 @@ def quickstart_report(workdir: Path, args: dict, results: dict | None = None) ->
 
 
 def print_quickstart(report: dict) -> None:
-    t = Table(title="SALT quickstart: frozen attentive probe on the demo task (direction of time)")
+    t = Table(title=f"SALT quickstart: frozen attentive probe on {report.get('task') or 'the demo task'}")
     t.add_column("", style="bold")
     t.add_column("value", justify="right")
-    t.add_row("teacher top-1 (Stage 1, V-Pixel)", f"{report['teacher_top1']:.1%}")
-    t.add_row("student top-1 (Stage 2, SALT)", f"{report['student_top1']:.1%}")
+    se = report.get("top1_se") or {}
+    ranks = report.get("ranks") or {}
+
+    def top1(label: str, value: float) -> str:
+        r = ranks.get(label)
+        rank = f" (RankMe {r['rankme_token']:.1f} / {r['rankme_clip']:.1f})" if r else ""
+        return f"{value:.1%}" + (f" ± {se[label]:.1%}" if se.get(label) is not None else "") + rank
+
+    t.add_row("teacher top-1 (Stage 1, V-Pixel)", top1("teacher", report["teacher_top1"]))
+    t.add_row("student top-1 (Stage 2, SALT)", top1("student", report["student_top1"]))
     if report.get("baseline_top1") is not None:
-        t.add_row("untrained encoder top-1 (random init)", f"{report['baseline_top1']:.1%}")
+        t.add_row("untrained encoder top-1 (random init)", top1("random init", report["baseline_top1"]))
     t.add_row("chance", f"{report['chance']:.1%}")
     for name, wall in report["wall_s"].items():
         t.add_row(f"wall time: {name}", "-" if wall is None else f"{wall:.0f} s")
     t.add_row("wall time: total", f"{report['wall_total_s']:.0f} s")
+    t.caption = ("top-1: best of the probe heads on val ± one binomial standard error; RankMe of the val "
+                 "features, token / clip level")
     console.print(t)
     console.print(f"pictures: {report['pictures']['losses']}, {report['pictures']['probes']}")

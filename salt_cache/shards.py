@@ -189,6 +189,32 @@ def write_shards(src: Path, out: Path, shard_size: int = 100, overwrite: bool = 
     return summary
 
 
+TASK_NAME = "task.json"
+
+
+def task_info(folder: Path) -> dict:
+    """What the data in shard folder `folder` is, for titles and class names:
+    {"name": str, "classes": list[str] | None, "from": where the name came from}.
+
+    Looked up in order: `task.json` at the data root (the folder's parent; demo tasks write
+    {"name": ..., "classes": [...]} there), a "task" or "name" field of the folder's index.json,
+    else the folder's own path (and no classes)."""
+    folder = Path(folder)
+    for path, fields in ((folder.parent / TASK_NAME, ("name", "task")), (folder / INDEX_NAME, ("task", "name"))):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        name = next((doc[f] for f in fields if isinstance(doc.get(f), str) and doc[f].strip()), None)
+        if name is not None:
+            classes = doc.get("classes")
+            ok = isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+            return {"name": name, "classes": list(classes) if ok else None, "from": str(path)}
+    return {"name": str(folder), "classes": None, "from": "folder path"}
+
+
 def resolve_shards(spec) -> list[Path]:
     """SHARDS as a folder (its index.json, else shard-*.tar), a brace pattern, a comma list, or a
     list of any of these -> existing tar paths, in a stable order."""

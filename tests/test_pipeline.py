@@ -58,7 +58,7 @@ stages:
       ckpt_every: 2
       val_batches: 1
       data: {val_batch_size: 4}
-  - {name: baseline, kind: init-model, out: base.pt, model: micro, patch_size: 8}
+  - {name: baseline, kind: init-model, out: base.pt, model: micro, patch_size: 8, frames: 4, frame_step: 2, size: 32}
   - {name: probe-baseline, kind: probe, encoder: base.pt, train: data/train, val: data/val, out: pb.json, epochs: 1, workers: 1}
   - {name: probe-teacher, kind: probe, encoder: teacher/teacher.pt, train: data/train, val: data/val, out: pt.json, epochs: 2, workers: 1, class_names: data/classes.txt}
   - {name: probe-student, kind: probe, encoder: student/student.pt, train: data/train, val: data/val, out: ps.json, epochs: 2, workers: 1}
@@ -90,6 +90,10 @@ def test_recipe_runs_end_to_end_then_skips_complete_stages(tmp_path):
     assert json.loads((wd / "verify.json").read_text())["ok"] is True
     report = json.loads((wd / "report" / "report.json").read_text())
     assert 0 <= report["teacher_top1"] <= 1 and 0 <= report["baseline_top1"] <= 1 and report["chance"] == 0.25
+    assert report["task"] == "demo task (direction of time)" and "probe on demo task (direction of time)" in res.output
+    # every encoder, the untrained baseline included, was probed on the same (training) clip geometry
+    specs = [json.loads((wd / f).read_text())["spec"] for f in ("pb.json", "pt.json", "ps.json")]
+    assert specs[0] == specs[1] == specs[2] and specs[0]["clip"]["frames"] == 4 and specs[0]["clip"]["crop"] == "center"
     assert set(report["wall_s"]) == {"data", "teacher", "spec", "verify", "student", "baseline", "probe-baseline",
                                      "probe-teacher", "probe-student"}
     for png in ("losses.png", "probes.png"):

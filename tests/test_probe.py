@@ -215,6 +215,16 @@ def test_probe_end_to_end_encodes_each_view_once(demo, encoder, two_views, work,
         (lr, wd) for lr in (5e-3, 1e-3, 3e-4) for wd in (0.01, 0.1)}
     assert all(0 <= h["top1"] <= 1 and np.isfinite(h["val_loss"]) and len(h["history"]) == 2 for h in rep["heads"])
     assert rep["top1"] == max(h["top1"] for h in rep["heads"])
+    assert rep["selection"] == "best of 6 heads on val (as V-JEPA 2)"
+    assert rep["top1_se"] == pytest.approx((rep["top1"] * (1 - rep["top1"]) / 12) ** 0.5)
+    # 12 val clips: one standard error is far above 2.5 points, and the report says so
+    assert rep["top1_se"] == 0 or any("validation sets must be large enough that one standard error is <= 2.5 points"
+                                      in n for n in rep["notes"])
+    assert rep["task"] == "demo task (direction of time)" and rep["spec_from"] == "--spec"
+    assert len(rep["data"]["train"]) == 4 and rep["data"]["val"][0].endswith("shard-000000.tar")
+    for split, rows in (("train", 72), ("val", 24)):
+        r = rep["ranks"][split]
+        assert r["rows"] == rows and 1 < r["rankme_clip"] <= 96 and 1 < r["rankme_token"] <= 96 and r["erank_token"] > 1
     assert rep["grid"]["lrs"] == [5e-3, 1e-3, 3e-4] and rep["grid"]["wds"] == [0.01, 0.1]
     assert rep["grid"]["top1"][1][1] == next(h["top1"] for h in rep["heads"] if (h["lr"], h["wd"]) == (1e-3, 0.1))
     per = rep["best"]["per_class"]
@@ -253,17 +263,74 @@ def test_probe_cli(demo, encoder, two_views, work, tmp_path):
     assert [(h["lr"], h["wd"]) for h in rep["heads"]] == [(1e-3, 0.05), (1e-2, 0.05)]
     assert rep["features"]["val"]["rows"] == 24 and rep["spec"]["name"] == "test-probe"
     assert "lr \\ wd" in res.output and "best head, per class" in res.output and '"top1"' in res.output
+    assert "best of 2 heads on val (as V-JEPA 2)" in res.output and "feature ranks" in res.output
+    assert "one standard error is <= 2.5 points" in res.output
+    # no --class-names: the names come from the data's task.json
+    assert list(rep["best"]["per_class"]) == ["move-right", "move-left", "grow", "shrink"]
 
 
-def test_default_spec_follows_the_encoder():
+def test_probe_clips_follow_the_encoders_training_clip_unless_a_spec_is_given():
     from salt_cache.probe import probe_spec
 
-    spec, notes = probe_spec(None, {"patch_size": 8, "tubelet_size": 2})
-    assert (spec.name, spec.clip.crop, spec.views, spec.tokens) == ("demo-probe", "center", 1, 4 * 8 * 8)
-    assert notes == []
-    spec, notes = probe_spec(None, {"patch_size": 16, "tubelet_size": 4})
-    assert (spec.patch_size, spec.tubelet_size, spec.grid) == (16, 4, (2, 4, 4))
+    trained = {"frames": 8, "frame_step": 2, "fps": None, "size": 64, "crop": "random-resized", "scale": [0.5, 1.0],
+               "ratio": [0.75, 1.35], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    spec, notes = probe_spec(None, {"patch_size": 8, "tubelet_size": 2}, trained, where="t.pt")
+    c = spec.clip
+    assert (c.frames, c.frame_step, c.size, c.crop, c.mean, c.std) == (8, 2, 64, "center", (0.5,) * 3, (0.25,) * 3)
+    assert (spec.views, spec.grid, spec.patch_size) == (1, (4, 8, 8), 8)
+    assert "as the encoder was trained on (t.pt): 8 frames, frame_step 2, 64 px" in notes[0]
+    by_fps, _ = probe_spec(None, {"patch_size": 16, "tubelet_size": 2}, {**trained, "frame_step": None, "fps": 4.0})
+    assert (by_fps.clip.fps, by_fps.clip.frame_step, by_fps.grid) == (4.0, None, (4, 4, 4))
+    # an explicit spec wins over the checkpoint's clip; patch and tubelet still follow the encoder
+    spec, notes = probe_spec("demo-probe", {"patch_size": 16, "tubelet_size": 4}, trained)
+    assert (spec.name, spec.patch_size, spec.tubelet_size, spec.grid) == ("demo-probe", 16, 4, (2, 4, 4))
     assert "set to the encoder's 16/4" in notes[0]
+    # no clip, no spec: refused, never a silent default geometry
+    with pytest.raises(SaltCacheError, match=r"^base\.pt: records no training clip .*pass --spec"):
+        probe_spec(None, {"patch_size": 8, "tubelet_size": 2}, None, where="base.pt")
+    with pytest.raises(SaltCacheError, match=r"t\.pt: clip: frames: expected an integer"):
+        probe_spec(None, {"patch_size": 8, "tubelet_size": 2}, {**trained, "frames": "eight"}, where="t.pt")
+
+
+def test_init_model_records_a_clip_the_probe_then_uses(demo, encoder, work, tmp_path):
+    from salt_cache.cli import app
+
+    runner = CliRunner()
+    args = ["--train", str(demo / "train"), "--val", str(demo / "val"), "--workdir", str(work), "--epochs", "1",
+            "--lrs", "1e-3", "--wds", "0.05", "--workers", "0"]
+    res = runner.invoke(app, ["probe", "--encoder", str(encoder)] + args)  # an encoder with no clip
+    assert res.exit_code == 1 and "records no training clip" in res.output and "--spec" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    base = tmp_path / "base.pt"
+    res = runner.invoke(app, ["init-model", "--model", "micro", "--patch-size", "8", "--out", str(base),
+                              "--frames", "4", "--frame-step", "2", "--size", "32"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "probe.json"
+    res = runner.invoke(app, ["probe", "--encoder", str(base), "--out", str(out)] + args)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    c = rep["spec"]["clip"]
+    assert (c["frames"], c["frame_step"], c["size"], c["crop"], rep["spec"]["views"]) == (4, 2, 32, "center", 1)
+    assert rep["spec_from"] == "base.pt meta.clip" and rep["features"]["val"]["tokens"] == 32
+    for bad, msg in ((["--frames", "4", "--size", "32"], "frame_step: frames, frame_step and size record"),
+                     (["--frames", "5", "--frame-step", "2", "--size", "32"], "does not tile into tubelets of 2")):
+        res = runner.invoke(app, ["init-model", "--model", "micro", "--patch-size", "8", "--out", str(tmp_path / "x.pt")] + bad)
+        assert res.exit_code == 1 and msg in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_task_info_reads_the_data_roots_task_json_then_index_json(demo, tmp_path):
+    from salt_cache.shards import task_info
+
+    info = task_info(demo / "val")  # the demo data writes task.json at its root
+    assert info["name"] == "demo task (direction of time)" and info["classes"] == ["move-right", "move-left", "grow", "shrink"]
+    folder = tmp_path / "data" / "val"
+    folder.mkdir(parents=True)
+    assert task_info(folder) == {"name": str(folder), "classes": None, "from": "folder path"}
+    (folder / "index.json").write_text(json.dumps({"samples": 3, "task": "kinetics-mini"}))
+    assert task_info(folder)["name"] == "kinetics-mini"
+    (tmp_path / "data" / "task.json").write_text(json.dumps({"name": "counting", "classes": ["one", "two"]}))
+    assert task_info(folder) == {"name": "counting", "classes": ["one", "two"], "from": str(tmp_path / "data" / "task.json")}
 
 
 def test_probe_bad_inputs_are_one_line_errors(demo, encoder, tmp_path):
@@ -314,9 +381,11 @@ def test_select_checkpoints_on_a_real_run(demo, tmp_path):
                         workers=1, device="cpu", bf16=False, log_every=1, ckpt_every=1, val_every=100)
     train(cfg, run, show_progress=False)
     train_shards = f"{demo}/train/shard-000000.tar"
-    res = select_checkpoints(run, train_shards, demo / "val", spec=write_spec(tmp_path / "spec.yaml"), epochs=2,
+    # no spec: each checkpoint is probed on the run's own clip (config clip), centre-cropped
+    res = select_checkpoints(run, train_shards, demo / "val", epochs=2,
                              lrs=[1e-3], wds=[0.01], workers=1, loss_window=2, workdir=tmp_path / "w",
                              out=tmp_path / "sel")
+    assert res["spec"]["clip"]["crop"] == "center" and (res["spec"]["clip"]["frames"], res["spec"]["clip"]["size"]) == (4, 32)
     log = read_log(run / "log.csv")
     assert [p["step"] for p in res["points"]] == [1, 2, 3]
     for p in res["points"]:
