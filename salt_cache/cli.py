@@ -366,6 +366,7 @@ def train_student(
     data: Optional[list[str]] = typer.Option(None, help="Training shards (their clips must be in the cache; repeatable)."),
     val: Optional[list[str]] = typer.Option(None, help="Held-out shards for the validation distillation loss (repeatable)."),
     online_teacher: Optional[Path] = typer.Option(None, help="Compute targets with this teacher instead of reading them (baseline / oracle)."),
+    ema: bool = typer.Option(False, "--ema", help="The V-JEPA baseline: no teacher, no cache; targets from an EMA of the student (config section ema: momentum). Writes student.pt (the EMA target encoder) and online.pt."),
     config: Optional[Path] = typer.Option(None, help="Run config YAML (sections: model, clip, masks, optim, data, predictor, ...)."),
     model: Optional[str] = typer.Option(None, help="Student size: micro, tiny, small, base, large, huge, giant."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps in all."),
@@ -379,10 +380,12 @@ def train_student(
     json_out: bool = typer.Option(False, "--json", help="Also print the summary as JSON on stdout."),
 ):
     """Stage 2 (SALT): train a student and predictor on the cached teacher latents, streaming the
-    videos alongside the cache; writes OUT/student.pt. Under [bold]torchrun[/], trains with DDP."""
+    videos alongside the cache; writes OUT/student.pt. With --ema, the V-JEPA baseline in the
+    same trainer. Under [bold]torchrun[/], trains with DDP."""
     from salt_cache.train import student as stage
 
-    flags = {"cache": cache, "online_teacher": online_teacher, "data.train": _shard_flag(data),
+    flags = {"cache": cache, "online_teacher": online_teacher, "ema.enabled": True if ema else None,
+             "data.train": _shard_flag(data),
              "data.val": _shard_flag(val), "model.name": model, "steps": steps, "batch_size": batch_size,
              "device": device, "workers": workers, "seed": seed}
     _run_training(stage, stage.StudentConfig, out, config, resume, stop_at, flags, set_, json_out)

@@ -206,13 +206,19 @@ def _teacher_run(s: StageSpec, c: Ctx) -> dict:
 
 
 def _student_run(s: StageSpec, c: Ctx) -> dict:
+    """Stage 2 on a cache, or with `ema: true` (and no cache) the V-JEPA baseline."""
     from salt_cache.train.student import StudentConfig, print_summary, train
 
     out = c.path(s.args["out"])
-    cfg = _train_config(s, c, StudentConfig, {"cache": str(c.path(s.args["cache"]))})
+    ema = bool(s.args.get("ema", False))
+    if ema == bool(s.args.get("cache")):
+        raise SaltCacheError(f"stage {s.name!r}: give cache: CACHE (SALT) or ema: true (the V-JEPA baseline), "
+                             "exactly one")
+    flags = {"ema.enabled": True} if ema else {"cache": str(c.path(s.args["cache"]))}
+    cfg = _train_config(s, c, StudentConfig, flags)
     summary = train(cfg, out, resume=(out / "checkpoints" / "last.pt").is_file())
     print_summary(summary)
-    return {k: summary.get(k) for k in ("loss", "val_loss", "end_step", "student", "data_wait_frac")}
+    return {k: summary.get(k) for k in ("mode", "loss", "val_loss", "end_step", "student", "online", "data_wait_frac")}
 
 
 def _build_done(s: StageSpec, c: Ctx) -> bool:
@@ -302,7 +308,7 @@ KINDS: dict[str, Kind] = {
     "train-teacher": Kind(_teacher_run, _encoder_done("teacher.pt"), ("out", "train"), ("val", "config", "set")),
     "build": Kind(_build_run, _build_done, ("teacher", "data", "spec", "out"), ("batch_size", "workers", "device")),
     "verify": Kind(_verify_run, _verify_done, ("cache",), ("data", "teacher", "sample", "out")),
-    "train-student": Kind(_student_run, _encoder_done("student.pt"), ("out", "train", "cache"), ("val", "config", "set")),
+    "train-student": Kind(_student_run, _encoder_done("student.pt"), ("out", "train"), ("cache", "ema", "val", "config", "set")),
     "probe": Kind(_probe_run, _probe_done, ("encoder", "train", "val", "out"), PROBE_OPTIONS + ("class_names",)),
     "report": Kind(_report_run, None, ("teacher_run", "student_run", "teacher_probe", "student_probe"),
                    ("baseline_probe", "out")),

@@ -128,3 +128,46 @@ def test_recipe_errors_name_the_problem(tmp_path):
     assert res.exit_code == 1 and "no such pipeline file" in res.output and "quickstart" in res.output
     for name in ("quickstart", "vitl-paper"):
         assert load_pipeline(name).stages
+
+
+EMA = """
+name: ema
+stages:
+  - name: vjepa
+    kind: train-student
+    out: vjepa
+    ema: true
+    train: DATA/train
+    val: DATA/val
+    config:
+      model: {name: micro, patch_size: 8, tubelet_size: 2}
+      clip: {frames: 4, frame_step: 2, size: 32}
+      predictor: {embed_dim: 32, depth: 1, num_heads: 2}
+      ema: {momentum: [0.99, 1.0]}
+      steps: 2
+      batch_size: 4
+      workers: 1
+      device: cpu
+      val_batches: 1
+      data: {val_batch_size: 4}
+"""
+
+
+def test_recipe_trains_the_ema_baseline_without_a_cache(demo, tmp_path):
+    recipe = tmp_path / "ema.yaml"
+    recipe.write_text(EMA.replace("DATA", str(demo)))
+    res = runner.invoke(app, ["run", str(recipe), "--workdir", str(tmp_path / "work")])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "work" / "pipeline.json").read_text())["stages"]["vjepa"]["result"]
+    assert result["mode"] == "ema" and result["online"].endswith("online.pt") and result["student"].endswith("student.pt")
+    assert yaml_config(tmp_path / "work" / "vjepa")["ema"] == {"enabled": True, "momentum": [0.99, 1.0]}
+    for bad in (EMA.replace("    ema: true\n", ""), EMA.replace("    ema: true\n", "    ema: true\n    cache: c\n")):
+        recipe.write_text(bad.replace("DATA", str(demo)))
+        res = runner.invoke(app, ["run", str(recipe), "--workdir", str(tmp_path / "bad")])
+        assert res.exit_code == 1 and "give cache: CACHE (SALT) or ema: true (the V-JEPA baseline), exactly one" in res.output
+
+
+def yaml_config(run) -> dict:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())

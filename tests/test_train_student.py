@@ -168,3 +168,75 @@ def test_refusals_are_one_line(demo, cached, tmp_path):
     res = runner.invoke(app, ["train-student", "--out", str(tmp_path / "bad"), "--data", str(demo / "train")])
     assert res.exit_code == 1 and "give --cache" in res.output
     assert not (tmp_path / "bad").exists()
+
+
+# ---------------------------------------------------------------- the V-JEPA baseline (--ema)
+
+def ema_config(demo, **over) -> StudentConfig:
+    flags = {k: v for k, v in student_flags(demo, None).items() if k != "cache"}
+    flags.update({"ema.enabled": True, "clip.frame_step": 2, "steps": 2, "ckpt_every": 1, "val_every": 2})
+    flags.update(over)
+    return load_run_config(StudentConfig, flags=flags)
+
+
+def test_ema_target_is_the_moving_average_of_the_student_and_is_exported(demo, tmp_path):
+    cfg = ema_config(demo, **{"ema.momentum": [0.6, 0.9]})
+    model = build_model(cfg).train()
+    assert not model.teacher.training and not any(p.requires_grad for p in model.teacher.parameters())
+    assert model.predictor.config["out_dim"] == model.student.embed_dim == 96
+    out = tmp_path / "ema"
+    summary = train(cfg, out, show_progress=False)
+    assert summary["mode"] == "ema" and summary["student"].endswith("student.pt") and summary["online"].endswith("online.pt")
+    torch.manual_seed(cfg.seed)
+    init = build_model(cfg).student.state_dict()  # the run's initial student (= initial target)
+    s1, s2 = (torch.load(out / "checkpoints" / f"step-000000{i}.pt", weights_only=True) for i in (1, 2))
+    # momentum after step 0: 0.6; after step 1: 0.6 + (0.9 - 0.6) * 1 / 2 = 0.75
+    for k in init:
+        torch.testing.assert_close(s1["models"]["target_encoder"][k], 0.6 * init[k] + 0.4 * s1["models"]["encoder"][k],
+                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(s2["models"]["target_encoder"][k],
+                                   0.75 * s1["models"]["target_encoder"][k] + 0.25 * s2["models"]["encoder"][k],
+                                   rtol=0, atol=1e-6)
+    assert not all(torch.equal(s1["models"]["encoder"][k], init[k]) for k in init)  # the student did train
+    # the optimizer holds the student and predictor only: the target is never trained
+    n_params = sum(len(g["params"]) for g in s2["optimizer"]["param_groups"])
+    assert n_params == sum(1 for k, v in init.items()) + len(s2["models"]["predictor"])
+    # student.pt is the EMA target encoder (what V-JEPA 2 evaluates), online.pt the online student
+    student, online = (torch.load(out / f, weights_only=True) for f in ("student.pt", "online.pt"))
+    assert all(torch.equal(student["state_dict"][k], s2["models"]["target_encoder"][k]) for k in init)
+    assert all(torch.equal(online["state_dict"][k], s2["models"]["encoder"][k]) for k in init)
+    assert student["meta"]["mode"] == "ema" and student["meta"]["encoder"].startswith("target_encoder")
+    assert student["meta"]["clip"]["frames"] == 4 and student["meta"]["ema"]["momentum"] == [0.6, 0.9]
+    # a run folder's encoder, as probe / select read it, is the target too
+    from salt_cache.train.runs import load_run_encoder
+
+    enc, meta = load_run_encoder(out)
+    assert meta["encoder"] == "target_encoder" and meta["mode"] == "ema"
+    assert all(torch.equal(v, student["state_dict"][k]) for k, v in enc.state_dict().items())
+
+
+def test_ema_run_resumes_exactly(demo, tmp_path):
+    cfg = ema_config(demo, steps=4, ckpt_every=2, val_every=2)
+    ref, res = tmp_path / "ref", tmp_path / "resumed"
+    train(cfg, ref, show_progress=False)
+    train(cfg, res, stop_at=2, show_progress=False)
+    train(cfg, res, resume=True, show_progress=False)
+    for name, cols in (("log.csv", LOSS_COLUMNS), ("val.csv", ("step", "val_loss") + RANK_KEYS)):
+        a, b = read_log(ref / name), read_log(res / name)
+        assert len(a) > 0 and [[r[c] for c in cols] for r in a] == [[r[c] for c in cols] for r in b]
+    for f in ("student.pt", "online.pt"):
+        ta, tb = (torch.load(p / f, weights_only=True)["state_dict"] for p in (ref, res))
+        assert all(torch.equal(ta[k], tb[k]) for k in ta), f
+
+
+def test_ema_refuses_a_teacher_or_a_cache_in_one_line(demo, cached, tmp_path):
+    _, teacher, cache = cached
+    flags = {k: v for k, v in student_flags(demo, cache).items() if k != "cache"}
+    for extra, msg in ((["--cache", str(cache)], "drop --cache"), (["--online-teacher", str(teacher)], "drop --online-teacher")):
+        res = runner.invoke(app, ["train-student", "--out", str(tmp_path / "bad"), "--ema"] + extra + cli_args(flags))
+        assert res.exit_code == 1, res.output
+        assert "ema: --ema trains against an EMA of the student" in res.output and msg in res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+    res = runner.invoke(app, ["train-student", "--out", str(tmp_path / "bad")] + cli_args({**flags, "ema.momentum": "[0.9, 1.5]"}))
+    assert res.exit_code == 1 and "ema.momentum: expected two values in [0, 1]" in res.output
+    assert not (tmp_path / "bad").exists()

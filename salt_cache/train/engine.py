@@ -17,7 +17,8 @@ A stage's `train()` (teacher.py is the reference) keeps this order; the comments
   5. TrainData(..., state=run.data_state()) and ValSet with the stage's sample stage.
   6. compile in place (module.compile keeps state-dict keys), then dist.wrap.
   7. run.restore_rng() LAST: building models and loaders must not shift a resumed RNG.
-  8. Per step: set_schedule -> train_step -> interval.add / run.log -> evaluate(bare model) ->
+  8. Per step: set_schedule -> train_step -> on_step (e.g. the EMA target update, every rank) ->
+     interval.add / run.log -> evaluate(bare model) ->
      run.save on EVERY rank (it gathers RNG and data positions) -> pictures on rank 0 in eval
      mode (nothing periodic may draw random numbers, or resume stops being exact).
   9. Export the encoder on rank 0 (`checkpoint.save_encoder`).
@@ -235,12 +236,15 @@ def val_columns(set_names: list[str], ranks: bool = True) -> list[str]:
 def fit(*, config, env: dist.DistEnv, run, net: nn.Module, model: nn.Module, modules: dict[str, nn.Module],
         optimizer: torch.optim.Optimizer, data, val: ValSet | None, interval: Interval, fetch: Callable[[], dict],
         stop_at: int | None, title: str, model_configs: dict, meta: dict,
-        on_checkpoint: Callable[[int], None] | None = None, show_progress: bool = True) -> dict:
+        on_checkpoint: Callable[[int], None] | None = None, on_step: Callable[[int], None] | None = None,
+        show_progress: bool = True) -> dict:
     """The step loop both stages share: schedule -> step -> log row -> validation -> checkpoint.
 
     `net` is what steps (the DDP wrapper under torchrun), `model` the bare module (evaluation),
-    `modules` what checkpoints hold. `on_checkpoint(step)` runs on rank 0 after each checkpoint
-    (it must draw no random numbers). Returns {"end_step", "loss", "val_loss", "data_wait_frac"}."""
+    `modules` what checkpoints hold. `on_step(step)` runs on every rank right after optimizer
+    step `step` (0-based; e.g. the EMA target update); `on_checkpoint(step)` runs on rank 0 after
+    each checkpoint. Neither may draw random numbers. Returns {"end_step", "loss", "val_loss",
+    "data_wait_frac"}."""
     from salt_cache.console import progress
     from salt_cache.train.optim import set_schedule
 
@@ -262,6 +266,8 @@ def fit(*, config, env: dist.DistEnv, run, net: nn.Module, model: nn.Module, mod
             lr, wd = set_schedule(optimizer, step, config.optim, config.steps)
             result = train_step(net, optimizer, fetch, accum=config.grad_accum, params=params,
                                 clip_grad=config.optim.clip_grad, env=env, bf16=config.bf16, step=step)
+            if on_step is not None:
+                on_step(step)
             step_total += time.perf_counter() - t_step
             done = step + 1
             loss = result.loss

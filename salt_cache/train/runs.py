@@ -18,7 +18,8 @@ A run-state checkpoint is a plain dict (tensors, dicts, lists, numbers, strings)
    "optimizer": state_dict, "interval": log averages,
    "ranks": [{"rng": {...}, "data": TrainData.state()} for each rank], "meta": {...}}
 "models"["encoder"] is always the network the stage exists to train (the teacher in Stage 1,
-the student in Stage 2), so `load_run_encoder` works on every stage's checkpoints.
+the student in Stage 2), so `load_run_encoder` works on every stage's checkpoints. An EMA run
+(Stage 2 `--ema`) also holds "target_encoder", which is what it evaluates and exports.
 """
 
 from __future__ import annotations
@@ -243,7 +244,9 @@ def run_checkpoints(run: Path) -> list[tuple[int, Path]]:
 def load_run_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[VideoViT, dict]:
     """Any run checkpoint (or a run folder: its checkpoints/last.pt, or an encoder checkpoint)
     -> (encoder in eval mode on `device`, meta). meta: kind, stage, step, run, config (the run's),
-    plus the checkpoint's own meta (e.g. the last validation loss)."""
+    "encoder" (which of the run's encoders), plus the checkpoint's own meta (e.g. the last
+    validation loss). An EMA run gives its target encoder, as its student.pt does (V-JEPA 2
+    evaluates the target encoder)."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
@@ -253,13 +256,14 @@ def load_run_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[Vi
         return model, {"kind": "encoder", "config": info.get("config"), **info.get("meta", {})}
     if ckpt.get("kind") != "run-state":
         raise SaltCacheError(f"{path}: holds a {ckpt.get('kind')!r} checkpoint, expected a run state or an encoder")
+    which = "target_encoder" if "target_encoder" in ckpt.get("models", {}) else "encoder"
     try:
         model = VideoViT(ViTConfig.from_dict(ckpt["encoder_config"]))
-        model.load_state_dict(ckpt["models"]["encoder"])
+        model.load_state_dict(ckpt["models"][which])
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise SaltCacheError(f"{path}: run checkpoint has no usable encoder ({str(e).splitlines()[0][:160]})") from None
     meta = {"kind": "run-state", "stage": ckpt.get("stage"), "step": int(ckpt["step"]), "run": str(path.parent.parent),
-            "config": ckpt.get("config"), **ckpt.get("meta", {})}
+            "config": ckpt.get("config"), "encoder": which, **ckpt.get("meta", {})}
     return model.to(device).eval(), meta
 
 

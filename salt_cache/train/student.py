@@ -9,6 +9,14 @@ on the same clips. With a cache it uses the cache's views (the correctness oracl
 cached mode within the storage dtype's tolerance); without one it plans views like Stage 1 (the
 paper's own setting and the speed baseline).
 
+EMA mode (`ema.enabled`, `--ema`): the V-JEPA / V-JEPA 2 baseline in the same trainer, with the
+same masks, predictor, loss, optimizer and data path (views planned like Stage 1, no cache). The
+target encoder starts as a copy of the student and follows it as an exponential moving average
+after every optimizer step (`ema_update`, momentum schedule `ema_momentum`); it runs on the whole
+clip under no_grad, is never trained, never in training mode, and is saved in run checkpoints
+("target_encoder"), so resume stays exact. The export follows V-JEPA 2, whose frozen evaluation
+uses its `target_encoder`: student.pt is the EMA target encoder, online.pt the online student.
+
 Loss: for each mask set the student encodes the context tokens only; the predictor places mask
 tokens at the target positions and regresses `layer_norm` (no affine) of the teacher latents
 there; L1 by default, averaged over the mask sets.
@@ -16,6 +24,7 @@ there; L1 by default, averaged over the mask sets.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,12 +61,33 @@ class PredictorConfig(HeadConfig):
 
 
 @dataclass
+class EmaConfig:
+    """The V-JEPA baseline: targets from an exponential moving average of the student itself.
+    After optimizer step i (0-based) of a `steps`-step run, target = m * target + (1 - m) *
+    student with m = momentum[0] + (momentum[1] - momentum[0]) * i / steps: linear over the run,
+    as V-JEPA / V-JEPA 2's momentum scheduler (without their ipe_scale stretch of the horizon)."""
+
+    enabled: bool = False
+    momentum: tuple[float, float] = (0.998, 1.0)
+
+    def __post_init__(self) -> None:
+        if not all(0.0 <= m <= 1.0 for m in self.momentum):
+            raise SaltCacheError(f"momentum: expected two values in [0, 1], got {list(self.momentum)}")
+
+
+@dataclass
 class StudentConfig(TrainConfig):
     cache: str | None = None
     online_teacher: str | None = None
+    ema: EmaConfig = field(default_factory=EmaConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     target_norm: Literal["layer_norm", "none"] = "layer_norm"
     loss: Literal["l1", "mse", "smooth_l1"] = "l1"
+
+    @property
+    def mode(self) -> str:
+        """"ema" (V-JEPA baseline), "online" (a teacher runs on every batch) or "cached"."""
+        return "ema" if self.ema.enabled else "online" if self.online_teacher is not None else "cached"
 
 
 # ---------------------------------------------------------------- model and loss
@@ -69,7 +99,8 @@ def normalize_targets(latents: torch.Tensor, target_norm: str) -> torch.Tensor:
 
 
 class SALT(nn.Module):
-    """Student + predictor (+ a frozen teacher in online mode). forward(batch) -> (loss, per-set losses).
+    """Student + predictor (+ a frozen teacher in online mode, the EMA target encoder in EMA
+    mode). forward(batch) -> (loss, per-set losses).
 
     batch: {"clip": [B, C, T, H, W], "masks": [(ctx [B, Nc], tgt [B, Nt]), ...], and in cached
     mode "latents": [B, N, D_teacher]}."""
@@ -110,6 +141,21 @@ class SALT(nn.Module):
             losses.append(self.loss_fn(pred.float(), y))
         per_set = torch.stack(losses)
         return per_set.mean(), per_set
+
+
+def ema_momentum(step: int, ema: EmaConfig, total: int) -> float:
+    """The EMA momentum applied after optimizer step `step` (0-based) of a `total`-step run."""
+    m0, m1 = ema.momentum
+    return m0 + (m1 - m0) * min(1.0, step / max(1, total))
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
+    """target <- m * target + (1 - m) * online, parameter by parameter (V-JEPA 2's update; the
+    encoders have no persistent buffers)."""
+    t, o = list(target.parameters()), [p.detach() for p in online.parameters()]
+    torch._foreach_mul_(t, m)
+    torch._foreach_add_(t, o, alpha=1.0 - m)
 
 
 # ---------------------------------------------------------------- the cache join
@@ -196,10 +242,17 @@ def train(config: StudentConfig, out: Path, resume: bool = False, stop_at: int |
         dist.teardown(env)
 
 
-def _targets_source(config: StudentConfig, shards, val_shards, env) -> tuple[dict, int, VideoViT | None]:
-    """(cache fingerprint summary or {}, teacher width, online teacher or None)."""
+def _targets_source(config: StudentConfig, shards, val_shards, env) -> tuple[dict, int | None, VideoViT | None]:
+    """(cache fingerprint summary or {}, teacher width (None in EMA mode: the student's), online
+    teacher or None)."""
+    if config.ema.enabled:
+        given = [f for f, v in (("--cache", config.cache), ("--online-teacher", config.online_teacher)) if v is not None]
+        if given:
+            raise SaltCacheError(f"ema: --ema trains against an EMA of the student itself, not a teacher; drop {given[0]}")
+        return {}, None, None
     if config.cache is None and config.online_teacher is None:
-        raise SaltCacheError("cache: give --cache CACHE (or --online-teacher CKPT for the online baseline)")
+        raise SaltCacheError("cache: give --cache CACHE (or --online-teacher CKPT for the online baseline, "
+                             "or --ema for the V-JEPA baseline)")
     fingerprint = check_cache(config, shards, val_shards) if config.cache is not None else {}
     if config.online_teacher is None:
         return fingerprint, fingerprint["teacher_dim"], None
@@ -214,8 +267,12 @@ def _targets_source(config: StudentConfig, shards, val_shards, env) -> tuple[dic
     return fingerprint, tc.embed_dim, teacher
 
 
-def build_model(config: StudentConfig, teacher_dim: int, teacher: VideoViT | None = None) -> SALT:
+def build_model(config: StudentConfig, teacher_dim: int | None = None, teacher: VideoViT | None = None) -> SALT:
+    """Student + predictor (output width `teacher_dim`) + `teacher`; in EMA mode the teacher is
+    a copy of the freshly initialized student and the width is the student's."""
     student = VideoViT(config.model.vit())
+    if config.ema.enabled:
+        teacher, teacher_dim = copy.deepcopy(student), student.embed_dim
     p = config.predictor
     predictor = Predictor(student.embed_dim, teacher_dim, embed_dim=p.embed_dim, depth=p.depth,
                           num_heads=p.num_heads, mlp_ratio=p.mlp_ratio, pos_embed=student.config.pos_embed)
@@ -233,7 +290,9 @@ def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, 
     torch.manual_seed(config.seed)
     model = build_model(config, teacher_dim, teacher).to(env.device)
     optimizer = make_optimizer(model, config.optim, env.device)
-    modules = {"encoder": model.student, "predictor": model.predictor}  # never the teacher
+    modules = {"encoder": model.student, "predictor": model.predictor}  # never a teacher ...
+    if config.ema.enabled:
+        modules["target_encoder"] = model.teacher  # ... but the EMA target is part of the run's state
     run.restore(modules, optimizer)
     if run.state is not None:
         interval.load_state(run.state["interval"])
@@ -247,25 +306,41 @@ def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, 
     if config.compile:
         model.student.compile(dynamic=True)
         model.predictor.compile(dynamic=True)
+        if config.ema.enabled:
+            model.teacher.compile(dynamic=True)
     net = dist.wrap(model, env)
     run.restore_rng()  # last, so nothing above shifts the RNG streams of a resumed run
 
     def fetch() -> dict:
         return to_device(data.next(), env.device, non_blocking=True)
 
+    def ema_step(step: int) -> None:
+        # every rank, after every optimizer step: the students are equal, so the targets stay equal
+        ema_update(model.teacher, model.student, ema_momentum(step, config.ema, config.steps))
+
+    mode = config.mode
     summary = {"run": str(out), "rank": env.rank, "world_size": env.world_size, "start_step": run.step,
-               "steps": config.steps, "mode": "online" if teacher is not None else "cached"}
+               "steps": config.steps, "mode": mode}
     summary.update(fit(config=config, env=env, run=run, net=net, model=model, modules=modules, optimizer=optimizer,
                        data=data, val=val, interval=interval, fetch=fetch, stop_at=stop_at, title="SALT",
-                       model_configs={"predictor": model.predictor.config}, meta={"cache": fingerprint},
-                       show_progress=show_progress))
+                       model_configs={"predictor": model.predictor.config}, meta={"cache": fingerprint, "mode": mode},
+                       on_step=ema_step if config.ema.enabled else None, show_progress=show_progress))
     summary["wall_s"] = time.perf_counter() - t_start
     end, loss, val_loss = summary["end_step"], summary["loss"], summary["val_loss"]
     if end == config.steps and env.is_main:
-        student = save_encoder(out / "student.pt", model.student, meta={
-            "origin": "train-student", "stage": STAGE, "run": str(out.resolve()), "step": end,
-            "clip": plain(config.clip), "cache": fingerprint, "predictor": dict(model.predictor.config),
-            "train_loss": loss, "val_loss": val_loss, "config": plain(config)})
+        meta = {"origin": "train-student", "stage": STAGE, "mode": mode, "run": str(out.resolve()), "step": end,
+                "clip": plain(config.clip), "cache": fingerprint, "predictor": dict(model.predictor.config),
+                "train_loss": loss, "val_loss": val_loss, "config": plain(config)}
+        if config.ema.enabled:
+            # V-JEPA 2 evaluates its target_encoder frozen: that is the student this run hands on
+            student = save_encoder(out / "student.pt", model.teacher, meta={
+                **meta, "encoder": "target_encoder: the EMA of the online student (V-JEPA 2 evaluates this one)",
+                "ema": plain(config.ema)})
+            online = save_encoder(out / "online.pt", model.student, meta={
+                **meta, "encoder": "online student (the network the optimizer trained)", "ema": plain(config.ema)})
+            summary["online"] = str(online)
+        else:
+            student = save_encoder(out / "student.pt", model.student, meta=meta)
         summary["student"] = str(student)
     if env.is_main:
         write_json(out / "summary.json", summary)
@@ -273,4 +348,5 @@ def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, 
 
 
 def print_summary(summary: dict) -> None:
-    print_run_summary(summary, f"SALT ({summary['mode']}) run {summary['run']}", "student")
+    title = "V-JEPA baseline (EMA target)" if summary["mode"] == "ema" else f"SALT ({summary['mode']})"
+    print_run_summary(summary, f"{title} run {summary['run']}", "student")
