@@ -240,6 +240,15 @@ def test_resume_refusals_and_bad_inputs_are_one_line(straight, demo, tmp_path):
     assert res.exit_code == 1 and "holds a run already; pass --resume" in res.output
     res = runner.invoke(app, ["train-teacher", "--out", str(tmp_path / "new"), "--resume"])
     assert res.exit_code == 1 and "nothing to resume" in res.output
+    # a checkpoint written before a config field existed resumes: the field reads as its default
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(ref, old)
+    ckpt = torch.load(old / "checkpoints" / "last.pt", weights_only=True)
+    del ckpt["config"]["norm_pix"], ckpt["config"]["val_rank_rows"]
+    torch.save(ckpt, old / "checkpoints" / "last.pt")
+    assert train(cfg, old, resume=True, show_progress=False)["end_step"] == 6
     cases = [
         ({"data.train": str(tmp_path / "nope")}, "nope: shard file not found"),
         ({"optim.lrr": 1}, "config: optim.lrr: unknown field"),

@@ -113,7 +113,13 @@ class Run:
     def _check(self, ckpt: dict, path: Path) -> dict:
         if ckpt.get("stage") != self.stage:
             raise SaltCacheError(f"{path}: a {ckpt.get('stage')!r} run, not a {self.stage!r} run")
-        diff = config_diff(ckpt["config"], plain(self.config))
+        stored = ckpt["config"]
+        try:
+            # a field added to the config since this checkpoint was written reads as its default
+            stored = plain(load_run_config(type(self.config), base=stored))
+        except SaltCacheError:
+            pass  # e.g. a field since removed: compare as stored, the diff names it
+        diff = config_diff(stored, plain(self.config))
         if diff:
             raise SaltCacheError(f"{path}: config differs from the run's at {diff} (checkpoint vs now); "
                                  "resume with the run's own config")
