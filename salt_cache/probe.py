@@ -517,13 +517,14 @@ def encoder_checkpoint(path: Path, workdir: Path) -> tuple[Path, dict, dict]:
 
     model, meta = load_run_encoder(path)
     source = path / "checkpoints" / "last.pt" if path.is_dir() else path
-    clip = (meta.get("config") or {}).get("clip")
+    # a Stage 2 run records the clips it saw (a cache's views); else the run config's clip
+    clip = meta.get("clip") or (meta.get("config") or {}).get("clip")
     out = Path(workdir) / "encoders" / f"{file_sha256(source)[:12]}.pt"
     if not out.is_file():
         save_encoder(out, model, {"origin": "probe", "source": str(source), "step": meta.get("step"),
                                   "stage": meta.get("stage"), "clip": clip})
     return out, model.config.to_dict(), {"kind": "run-state", "stage": meta.get("stage"), "step": meta.get("step"),
-                                         "clip": clip, "clip_from": f"{source.name} run config clip"}
+                                         "clip": clip, "clip_from": f"{source.name} run clip"}
 
 
 def encode_split(encoder_ckpt: Path, paths: list[Path], spec, cache_dir: Path, batch_size: int = 8,

@@ -111,6 +111,9 @@ def test_micro_student_learns_from_the_cache_and_resumes_exactly(demo, cached, t
     assert summary["mode"] == "cached" and (out / "student.pt").exists()
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert "teacher" not in str(list(ckpt["models"])) and ckpt["meta"]["cache"]["teacher_dim"] == 96
+    # the recorded clip is the one the student saw, the cache's (frame step 2), not the config's (4)
+    assert cfg.clip.frame_step == 4 and ckpt["meta"]["clip"]["frame_step"] == 2
+    assert torch.load(out / "student.pt", weights_only=True)["meta"]["clip"] == ckpt["meta"]["clip"]
     # the exported student is an encoder checkpoint that `build` takes as a teacher
     spec = write_spec(tmp_path / "spec.yaml", views=1, patch=8)
     s = build_cache(out / "student.pt", str(demo / "val"), spec, tmp_path / "student-cache", workers=1)

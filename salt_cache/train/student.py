@@ -319,17 +319,21 @@ def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, 
         ema_update(model.teacher, model.student, ema_momentum(step, config.ema, config.steps))
 
     mode = config.mode
+    # the clips the student really saw: with a cache its views (the cache spec's clip: frame step
+    # or fps, mean/std), else the config's; the probe reads the student on this geometry
+    clip = plain(stage.reader.spec.clip if config.cache is not None else config.clip)
     summary = {"run": str(out), "rank": env.rank, "world_size": env.world_size, "start_step": run.step,
                "steps": config.steps, "mode": mode}
     summary.update(fit(config=config, env=env, run=run, net=net, model=model, modules=modules, optimizer=optimizer,
                        data=data, val=val, interval=interval, fetch=fetch, stop_at=stop_at, title="SALT",
-                       model_configs={"predictor": model.predictor.config}, meta={"cache": fingerprint, "mode": mode},
+                       model_configs={"predictor": model.predictor.config},
+                       meta={"cache": fingerprint, "mode": mode, "clip": clip},
                        on_step=ema_step if config.ema.enabled else None, show_progress=show_progress))
     summary["wall_s"] = time.perf_counter() - t_start
     end, loss, val_loss = summary["end_step"], summary["loss"], summary["val_loss"]
     if end == config.steps and env.is_main:
         meta = {"origin": "train-student", "stage": STAGE, "mode": mode, "run": str(out.resolve()), "step": end,
-                "clip": plain(config.clip), "cache": fingerprint, "predictor": dict(model.predictor.config),
+                "clip": clip, "cache": fingerprint, "predictor": dict(model.predictor.config),
                 "train_loss": loss, "val_loss": val_loss, "config": plain(config)}
         if config.ema.enabled:
             # V-JEPA 2 evaluates its target_encoder frozen: that is the student this run hands on
