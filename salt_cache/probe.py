@@ -476,7 +476,11 @@ def probe_spec(spec, encoder_config: dict, clip: dict | None = None, where: str 
         raise SaltCacheError(f"{where}: records no training clip (meta.clip), so the probe cannot match its clip "
                              "geometry; pass --spec (for init-model baselines: --frames, --frame-step and --size)")
     if spec is None:
-        c = replace(clip_from_dict(ClipSpec, dict(clip), source=f"{where}: clip"), crop="center")
+        # random-crop ranges mean nothing for a centre crop: reset them, so encoders trained on
+        # the same geometry get equal specs (and compare on identical clips)
+        default = ClipSpec()
+        c = replace(clip_from_dict(ClipSpec, dict(clip), source=f"{where}: clip"), crop="center",
+                    scale=default.scale, ratio=default.ratio)
         spec = CacheSpec(name="training-clip", clip=c, views=1, seed=0, patch_size=patch, tubelet_size=tubelet)
         step = f"frame_step {c.frame_step}" if c.frame_step is not None else f"fps {c.fps:g}"
         notes.append(f"clips as the encoder was trained on ({where}): {c.frames} frames, {step}, {c.size} px; "
