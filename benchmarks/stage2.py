@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
     from salt_cache.models import build_encoder, param_count
     from salt_cache.shards import resolve_shards
     from salt_cache.spec import load_spec
-    from salt_cache.train import dist
+    from salt_cache import dist
     from salt_cache.train.config import load_run_config
     from salt_cache.train.data import TrainData, read_samples, to_device
     from salt_cache.train.engine import autocast, train_step

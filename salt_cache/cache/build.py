@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from salt_cache import dist
 from salt_cache.cache.manifest import (
     CACHE_JSON, compatibility_problem, make_header, read_cache_json, refresh_manifest, write_cache_json,
 )
@@ -65,75 +66,6 @@ class BuildSummary:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    created: bool = False
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if self.device.type == "cuda":
-                dist.barrier(device_ids=[self.device.index or 0])
-            else:
-                dist.barrier()
-
-    def sum(self, values: list[int]) -> list[int]:
-        if self.world == 1:
-            return values
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.int64, device=self.device)
-        dist.all_reduce(t)
-        return [int(v) for v in t.tolist()]
-
-    def close(self) -> None:
-        if self.created:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def _resolve_device(device: str, local_rank: int, world: int) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise SaltCacheError(f"--device: expected cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SaltCacheError(f"--device {device}: CUDA is not available on this machine")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
-    elif dev.type != "cpu":
-        raise SaltCacheError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
-    return dev
-
-
-def _init_dist(device: str) -> _Dist:
-    """Rank and device from torchrun's environment; joins (or reuses) the process group:
-    gloo on CPU, NCCL on CUDA."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    dev = _resolve_device(device, local, world)
-    d = _Dist(rank=rank, world=world, local_rank=local, device=dev)
-    if world > 1:
-        import torch.distributed as dist
-
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        if not dist.is_initialized():
-            # ranks can finish their stores hours apart: a long timeout for the final barrier
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(hours=24))
-            d.created = True
-        d.rank, d.world = dist.get_rank(), dist.get_world_size()
-    return d
 
 
 def _check_teacher(spec: CacheSpec, teacher: Path, config: dict, meta: dict | None = None) -> None:
@@ -236,43 +168,39 @@ def build_cache(teacher: Path, data, spec: Path | str | CacheSpec, out: Path, ba
     if not teacher.is_file():
         raise SaltCacheError(f"{teacher}: teacher checkpoint not found")
     shards = resolve_shards(data)
-    dist = _init_dist(device)
-    threads, lock = torch.get_num_threads(), None
-    if dist.device.type == "cpu":
-        # decoding workers need cores too; an oversubscribed OpenMP pool can slow the forward 50x
-        per_proc = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, per_proc - workers))
+    # ranks can finish their stores hours apart: a long timeout for the final barrier
+    env = dist.setup(device, workers, timeout=timedelta(hours=24))
+    lock = None
     try:
-        model, ckpt = load_encoder(teacher, dist.device)
+        model, ckpt = load_encoder(teacher, env.device)
         _check_teacher(spec, teacher, ckpt["config"], ckpt.get("meta"))
-        build_info = {"device": dist.device.type, "autocast": "bfloat16" if dist.device.type == "cuda" else None,
-                      "batch_size": batch_size, "workers": workers, "world_size": dist.world}
+        build_info = {"device": env.device.type, "autocast": "bfloat16" if env.device.type == "cuda" else None,
+                      "batch_size": batch_size, "workers": workers, "world_size": env.world_size}
         header = make_header(spec, teacher, file_sha256(teacher), ckpt["config"], ckpt.get("meta", {}),
                              shards, build_info)
-        existing = _prepare_out(out, header, dist.rank)
-        if dist.rank == 0:
+        existing = _prepare_out(out, header, env.rank)
+        if env.is_main:
             (out / STORES_DIR).mkdir(parents=True, exist_ok=True)
-            lock = _lock(out, dist.rank)
+            lock = _lock(out, env.rank)
             for p in out.glob(f".{CACHE_JSON}.*.tmp"):  # from a process killed while writing cache.json
                 p.unlink(missing_ok=True)
             doc = header if existing is None else {**existing, "build": build_info, "versions": header["versions"]}
             doc.pop("summary", None)
             refresh_manifest(out, doc)
-        dist.barrier()
-        if dist.rank != 0:
-            lock = _lock(out, dist.rank)
-        return _run(model, spec, shards, out, header, batch_size, workers, dist, progress, t0)
+        dist.barrier(env)
+        if not env.is_main:
+            lock = _lock(out, env.rank)
+        return _run(model, spec, shards, out, header, batch_size, workers, env, progress, t0)
     finally:
         if lock is not None:
             lock.close()  # closing the file releases the lock (so does the death of the process)
-        torch.set_num_threads(threads)
-        dist.close()
+        dist.teardown(env)
 
 
 def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: dict, batch_size: int,
-         workers: int, dist: _Dist, progress, t0: float) -> BuildSummary:
+         workers: int, env: dist.DistEnv, progress, t0: float) -> BuildSummary:
     root = out / STORES_DIR
-    mine = [i for i in range(len(shards)) if i % dist.world == dist.rank]
+    mine = [i for i in range(len(shards)) if i % env.world_size == env.rank]
     pending, skipped, cleared = [], 0, 0
     for i in mine:
         final = root / store_name(i, shards[i])
@@ -284,17 +212,17 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: dict, ba
     samples = {i: index_shard(shards[i]) for i in pending}
     items = [ClipItem(store=pos, sample=j, shard=str(shards[i]), tar=s)
              for pos, i in enumerate(pending) for j, s in enumerate(samples[i])]
-    show = progress if dist.rank == 0 else None
-    task = show.add_task("encoding" + (f" (rank 0 of {dist.world})" if dist.world > 1 else ""),
+    show = progress if env.is_main else None
+    task = show.add_task("encoding" + (f" (rank 0 of {env.world_size})" if env.distributed else ""),
                          total=len(items)) if show else None
 
     views, dim = spec.views, int(header["teacher_dim"])
     batch: list[tuple[StoreWriter, int, str, int, dict, str, torch.Tensor]] = []
-    doc = read_cache_json(out) if dist.rank == 0 else None
+    doc = read_cache_json(out) if env.is_main else None
 
     def flush() -> None:
         if batch:
-            y = _encode(model, [b[-1] for b in batch], dist.device)
+            y = _encode(model, [b[-1] for b in batch], env.device)
             for (w, row, key, v, view, meta, _), latents in zip(batch, y):
                 w.put_ok(row, key, v, view, meta, latents)
             batch.clear()
@@ -334,25 +262,25 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: dict, ba
             if show:
                 show.advance(task)
         flush()  # batches never cross a store: its bytes must not depend on its neighbours
-        w.finish({"seconds": round(time.time() - t_store, 3), "rank": dist.rank,
+        w.finish({"seconds": round(time.time() - t_store, 3), "rank": env.rank,
                   **{key: header["build"][key] for key in ("device", "autocast", "batch_size")}})
         rows_built += w.rows
         if doc is not None:
             doc = refresh_manifest(out, doc, full=False)
     del it, loader
 
-    clips_built, rows_all = dist.sum([len(items), rows_built])
-    dist.barrier()
-    doc = refresh_manifest(out, read_cache_json(out)) if dist.rank == 0 else read_cache_json(out)
-    summary = _summarize(out, doc, header, skipped, cleared, len(pending), clips_built, rows_all, dist, t0)
-    if dist.rank == 0:
+    clips_built, rows_all = (round(v) for v in dist.all_reduce_sum(torch.tensor([len(items), rows_built]), env).tolist())
+    dist.barrier(env)
+    doc = refresh_manifest(out, read_cache_json(out)) if env.is_main else read_cache_json(out)
+    summary = _summarize(out, doc, header, skipped, cleared, len(pending), clips_built, rows_all, env, t0)
+    if env.is_main:
         doc["summary"] = summary.to_dict()
         write_cache_json(out, doc)
     return summary
 
 
 def _summarize(out: Path, doc: dict, header: dict, skipped: int, cleared: int, built: int,
-               clips_built: int, rows_built: int, dist: _Dist, t0: float) -> BuildSummary:
+               clips_built: int, rows_built: int, env: dist.DistEnv, t0: float) -> BuildSummary:
     stores = doc.get("stores", {})
     total = len(doc.get("data", {}).get("shards", []))
     rows = sum(s["rows"] for s in stores.values())
@@ -366,5 +294,5 @@ def _summarize(out: Path, doc: dict, header: dict, skipped: int, cleared: int, b
         failed=sum(s["failed"] for s in stores.values()), failures=failures, bytes=nbytes,
         bytes_per_row=nbytes / rows if rows else 0.0, fp32_bytes_per_row=header["tokens"] * header["teacher_dim"] * 4,
         clips_built=clips_built, rows_built=rows_built, wall_s=round(wall, 3),
-        clips_per_s=round(clips_built / wall, 3) if wall > 0 else 0.0, rank=dist.rank, world_size=dist.world,
+        clips_per_s=round(clips_built / wall, 3) if wall > 0 else 0.0, rank=env.rank, world_size=env.world_size,
     )

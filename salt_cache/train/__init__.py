@@ -2,9 +2,9 @@
 
 config  typed run configs (TrainConfig and its sections), YAML + CLI overrides
 optim   AdamW param groups, LR / weight-decay schedules, gradient clipping
-dist    torchrun process group, devices, small collectives
 data    webdataset pipeline with a pluggable per-sample stage; validation set
 engine  one optimizer step (accumulation, bf16 autocast, DDP), evaluation, log averages
 runs    run folder, run-state checkpoints, exact resume, load_run_encoder
 teacher Stage 1: V-Pixel pixel reconstruction -> teacher.pt
+student Stage 2: SALT student + predictor on cached latents -> student.pt
 """

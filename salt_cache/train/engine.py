@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from salt_cache.errors import SaltCacheError
-from salt_cache.train import dist
+from salt_cache import dist
 from salt_cache.train.data import ValSet, to_device
 from salt_cache.train.optim import clip_gradients
 

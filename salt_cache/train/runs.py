@@ -37,7 +37,7 @@ import yaml
 from salt_cache.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, load_checkpoint, load_encoder
 from salt_cache.errors import SaltCacheError
 from salt_cache.models import VideoViT, ViTConfig
-from salt_cache.train import dist
+from salt_cache import dist
 from salt_cache.train.config import config_diff, load_run_config, plain
 
 CKPT_PATTERN = "step-{:07d}.pt"

@@ -39,7 +39,7 @@ from salt_cache.console import console, write_json
 from salt_cache.errors import DecodeError, SaltCacheError
 from salt_cache.models import Predictor, VideoViT
 from salt_cache.shards import shard_keys
-from salt_cache.train import dist
+from salt_cache import dist
 from salt_cache.train.config import HeadConfig, TrainConfig, plain
 from salt_cache.train.data import PlanAndDecode, Sample, StageContext, to_device
 from salt_cache.train.engine import Interval, check_inputs, fit, make_loaders, val_columns

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from salt_cache.checkpoint import save_encoder
 from salt_cache.console import write_json
 from salt_cache.models import Predictor, VideoViT
-from salt_cache.train import dist
+from salt_cache import dist
 from salt_cache.train.config import HeadConfig, TrainConfig, plain
 from salt_cache.train.data import PlanAndDecode, to_device
 from salt_cache.train.engine import Interval, check_inputs, fit, make_loaders, val_columns

@@ -1,14 +1,17 @@
-"""Process group and device: DDP under torchrun, a single process otherwise.
+"""Process group and device, for every command that runs on several processes (cache build,
+both training stages, the probe's feature build): DDP under torchrun, a single process otherwise.
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR/PORT); we initialize from those
 (gloo on CPU, nccl on CUDA). Without them the run is one process and every collective below is
-a no-op, so stage code calls them unconditionally.
+a no-op, so callers use them unconditionally. A process group that already exists (a recipe
+running several stages under one torchrun) is joined, not re-created, and left to its owner.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -24,6 +27,7 @@ class DistEnv:
     local_rank: int
     device: torch.device
     threads_before: int = 0  # torch's CPU thread count before `setup` changed it (restored on teardown)
+    owns_group: bool = False  # `setup` created the process group (teardown destroys it)
 
     @property
     def is_main(self) -> bool:
@@ -35,15 +39,22 @@ class DistEnv:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" | "cpu" | "cuda" | "cuda:N" -> a device; "cuda" under torchrun means cuda:LOCAL_RANK."""
+    """"auto" | "cpu" | "cuda" | "cuda:N" -> a device; "cuda" means cuda:LOCAL_RANK (cuda:0 in a
+    single process). Anything else is refused in one line."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SaltCacheError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise SaltCacheError(f"device: {name!r} requested but no CUDA device is available")
-        if name == "cuda":
-            name = f"cuda:{local_rank}"
-    return torch.device(name)
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    elif dev.type != "cpu":
+        raise SaltCacheError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}")
+    return dev
 
 
 def cpu_threads(workers: int, local_world: int = 1) -> int:
@@ -53,9 +64,11 @@ def cpu_threads(workers: int, local_world: int = 1) -> int:
     return max(1, cores // max(1, local_world) - workers)
 
 
-def setup(device: str = "auto", workers: int = 0) -> DistEnv:
+def setup(device: str = "auto", workers: int = 0, timeout: timedelta | None = None) -> DistEnv:
     """Join the torchrun process group if there is one; pick this process's device (and, on CPU,
-    its thread count given `workers` DataLoader workers)."""
+    its thread count given `workers` DataLoader workers: an oversubscribed OpenMP pool can make
+    a forward 50x slower). `timeout`: of the collectives, when this call creates the group (a
+    cache build's ranks can finish their stores hours apart). Pair with `teardown`."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -66,15 +79,20 @@ def setup(device: str = "auto", workers: int = 0) -> DistEnv:
         torch.cuda.set_device(dev)
     else:
         torch.set_num_threads(cpu_threads(workers, local_world))
+    owns = False
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world, **kwargs)
-    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev, threads_before=threads_before)
+        owns = True
+    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev, threads_before=threads_before,
+                   owns_group=owns)
 
 
 def teardown(env: DistEnv) -> None:
-    if env.distributed and dist.is_initialized():
+    if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
     if env.threads_before:
         torch.set_num_threads(env.threads_before)
@@ -129,4 +147,7 @@ def broadcast_object(obj, env: DistEnv):
 
 def barrier(env: DistEnv) -> None:
     if env.distributed:
-        dist.barrier()
+        if env.device.type == "cuda":
+            dist.barrier(device_ids=[env.device.index or 0])
+        else:
+            dist.barrier()
