@@ -55,7 +55,8 @@ def main(argv=None) -> dict:
 
     from salt_cache.cache import CacheReader, build_cache, describe_cache
     from salt_cache.cache.build import _encode, _resolve_device
-    from salt_cache.cache.source import ClipDataset, ClipItem, index_shard
+    from salt_cache.cache.source import ClipDataset, ClipItem
+    from salt_cache.shards import index_shard
     from salt_cache.checkpoint import load_encoder, save_encoder
     from salt_cache.models import build_encoder, param_count
     from salt_cache.shards import resolve_shards

@@ -91,7 +91,8 @@ def main(argv=None) -> dict:
     from salt_cache.spec import load_spec
     from salt_cache import dist
     from salt_cache.train.config import load_run_config
-    from salt_cache.train.data import TrainData, read_samples, to_device
+    from salt_cache.shards import read_samples
+    from salt_cache.train.data import TrainData, to_device
     from salt_cache.train.engine import autocast, train_step
     from salt_cache.train.optim import make_optimizer, set_schedule
     from salt_cache.train.student import CacheJoin, StudentConfig, build_model, check_cache

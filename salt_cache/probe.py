@@ -25,7 +25,6 @@ import copy
 import hashlib
 import json
 import math
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -40,7 +39,7 @@ from timm.layers import Mlp, trunc_normal_
 from salt_cache.config import from_dict, to_dict
 from salt_cache.errors import SaltCacheError
 from salt_cache.models.vit import Block, init_weights
-from salt_cache.shards import task_info
+from salt_cache.shards import shard_labels, task_info
 
 # V-JEPA 2's probe grid (the SALT paper's Table 6): 5 x 4 = 20 heads
 PAPER_LRS = (5e-3, 3e-3, 1e-3, 3e-4, 1e-4)
@@ -399,27 +398,6 @@ class CachedTokens:
     def __getitem__(self, idx) -> torch.Tensor:
         idx = idx.tolist() if isinstance(idx, torch.Tensor) else list(idx)
         return torch.from_numpy(np.stack([np.asarray(self.reader.read(self.refs[i]), dtype=np.float32) for i in idx]))
-
-
-def shard_labels(path: Path) -> dict[str, object]:
-    """{clip key: label or None} from the JSON members of one shard (no video bytes are read),
-    so a split without labels fails before any encoder forward."""
-    out = {}
-    try:
-        with tarfile.open(path) as tf:
-            for m in tf:
-                name = Path(m.name).name
-                if not name.endswith(".json"):
-                    continue
-                key = str(Path(m.name).parent / name[: -len(".json")]).removeprefix("./")
-                try:
-                    meta = json.loads(tf.extractfile(m).read())
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    raise SaltCacheError(f"{path}: clip {key}: metadata is not JSON") from None
-                out[key] = meta.get("label") if isinstance(meta, dict) else None
-    except (tarfile.TarError, OSError) as e:
-        raise SaltCacheError(f"{path}: unreadable shard ({e})") from None
-    return out
 
 
 def check_labelled(paths: list[Path], split: str) -> int:

@@ -16,7 +16,8 @@ from salt_cache.cli import app
 from salt_cache.diagnostics import RANK_KEYS
 from salt_cache.masks import MaskSet, multiblock_masks
 from salt_cache.train.config import load_run_config
-from salt_cache.train.data import StageContext, read_samples, collate
+from salt_cache.shards import read_samples
+from salt_cache.train.data import StageContext, collate
 from salt_cache.train.runs import read_log
 from salt_cache.train.student import CacheJoin, StudentConfig, build_model, train
 from salt_cache.shards import resolve_shards

@@ -25,11 +25,11 @@ from salt_cache import dist
 from salt_cache.cache.manifest import (
     CACHE_JSON, compatibility_problem, make_header, read_cache_json, refresh_manifest, write_cache_json,
 )
-from salt_cache.cache.source import ClipDataset, ClipItem, index_shard
+from salt_cache.cache.source import ClipDataset, ClipItem
 from salt_cache.cache.store import STORES_DIR, StoreWriter, clear_partial, read_done, store_name
 from salt_cache.checkpoint import file_sha256, load_encoder
 from salt_cache.errors import SaltCacheError
-from salt_cache.shards import resolve_shards
+from salt_cache.shards import index_shard, resolve_shards
 from salt_cache.spec import CacheSpec, load_spec
 
 # a DataLoader that yields nothing for this long is treated as a hung decoder (decord can hang on

@@ -1,92 +1,24 @@
-"""Clips to encode: index webdataset shards from their tar headers, and decode the planned
-views of each clip inside DataLoader workers.
+"""Clips to encode: decode the planned views of each clip of an indexed shard inside
+DataLoader workers.
 
-Samples are grouped exactly as webdataset groups them (`base_plus_ext`: the key is the member
-path up to the first dot of its file name), so cache keys equal the `__key__` that Stage 2's
-webdataset stream sees. Workers read each sample's bytes by offset, so a shard is never read
-twice and the DataLoader can keep the shard's sample order.
+Shards are indexed from their tar headers by `salt_cache.shards.index_shard` (webdataset's key
+rule), so cache keys equal the `__key__` that Stage 2's webdataset stream sees. Workers read each
+sample's bytes by offset, so a shard is never read twice and the DataLoader can keep the shard's
+sample order.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
 from salt_cache.errors import DecodeError, SaltCacheError
+from salt_cache.shards.read import TarSample, read_member, read_meta
 from salt_cache.video import VIDEO_EXTENSIONS, ClipSpec, clip_info, decode_view, plan_view
-
-
-@dataclass(frozen=True)
-class Member:
-    offset: int
-    size: int
-
-
-@dataclass(frozen=True)
-class TarSample:
-    """One sample of a shard: its key and where its members lie in the tar file."""
-
-    key: str
-    members: dict = field(default_factory=dict)  # extension (lower case) -> Member
-
-    @property
-    def video_ext(self) -> str | None:
-        for ext in VIDEO_EXTENSIONS:
-            if ext[1:] in self.members:
-                return ext[1:]
-        return None
-
-
-def _split_key(name: str) -> tuple[str | None, str | None]:
-    from webdataset.tariterators import base_plus_ext
-
-    return base_plus_ext(name)
-
-
-def index_shard(path: Path) -> list[TarSample]:
-    """Samples of one tar shard in tar order, from the headers only (no member data is read).
-
-    Raises SaltCacheError for an unreadable tar or a key that appears twice."""
-    path = Path(path)
-    samples: list[TarSample] = []
-    seen: set[str] = set()
-    try:
-        with tarfile.open(path, "r:") as tf:
-            current: TarSample | None = None
-            for m in tf:
-                if not m.isfile():
-                    continue
-                if re.match(r"__[^/]*__($|/)", m.name):  # webdataset's skip_meta
-                    continue
-                key, ext = _split_key(m.name)
-                if key is None:
-                    continue
-                ext = ext.lower()
-                if current is None or key != current.key:
-                    if key in seen:
-                        raise SaltCacheError(f"{path}: key {key!r} appears twice in this shard")
-                    seen.add(key)
-                    current = TarSample(key=key, members={})
-                    samples.append(current)
-                current.members[ext] = Member(m.offset_data, m.size)
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise SaltCacheError(f"{path}: unreadable shard ({e})") from None
-    return samples
-
-
-def read_member(path: Path, member: Member) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(member.offset)
-        data = f.read(member.size)
-    if len(data) != member.size:
-        raise OSError(f"{path}: short read at offset {member.offset}")
-    return data
 
 
 @dataclass(frozen=True)
@@ -119,12 +51,11 @@ def load_clip(item: ClipItem, clip: ClipSpec, views: int, seed: int) -> dict:
     tar = item.tar
     meta: dict = {}
     try:
-        if "json" in tar.members:
-            raw = read_member(Path(item.shard), tar.members["json"])
-            try:
-                meta = json.loads(raw)
-            except ValueError as e:
-                return fail_all(f"{tar.key}.json is not JSON ({e})")
+        try:
+            meta = read_meta(Path(item.shard), tar)
+        except SaltCacheError as e:  # a record that is not JSON fails the clip, not the build
+            return fail_all(str(e))
+        if tar.meta_ext is not None:
             out["meta"] = json.dumps(meta, sort_keys=True, separators=(",", ":"))
         ext = tar.video_ext
         if ext is None:

@@ -273,8 +273,7 @@ def _check_structure(name: str, a: dict, views: int, P) -> None:
 
 
 def _check_keys(data, owner: dict[str, str], P) -> None:
-    from salt_cache.cache.source import index_shard
-    from salt_cache.shards import resolve_shards
+    from salt_cache.shards import index_shard, resolve_shards
 
     try:
         paths = resolve_shards(data)
@@ -370,7 +369,7 @@ def _check_teacher(doc: dict, spec: CacheSpec, opened: dict, teacher: Path, samp
     tol_rel, tol_cos = TOLERANCES["autocast" if autocast else doc["storage"]["dtype"]]
     rep.tolerance = {"max_relative_error": tol_rel, "min_cosine": tol_cos,
                      "basis": "autocast" if autocast else doc["storage"]["dtype"]}
-    from salt_cache.cache.source import index_shard, read_member
+    from salt_cache.shards import index_shard, read_member
     from salt_cache.video import View, decode_view
 
     index_cache: dict[str, dict] = {}

@@ -44,8 +44,6 @@ it consumed in all, which fixes the worker rotation of the DataLoader's round-ro
 
 from __future__ import annotations
 
-import json
-import tarfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,19 +55,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from salt_cache.errors import DecodeError, SaltCacheError
 from salt_cache.masks import MaskSet, mask_seed, multiblock_masks
-from salt_cache.shards import video_of
+from salt_cache.shards.read import Sample, read_samples
 from salt_cache.video import ClipSpec, clip_info, decode_view, plan_view
 
 VAL_SPLIT = -1  # mask seeds of validation batches: mask_seed(seed, VAL_SPLIT, batch index)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One shard sample before decoding: key, the compressed video bytes, the json record."""
-
-    key: str
-    video: bytes
-    meta: dict
 
 
 @dataclass(frozen=True)
@@ -109,25 +98,6 @@ class PlanAndDecode:
 def epoch_shards(shards: list[Path], seed: int, epoch: int, split: int, n_splits: int) -> list[Path]:
     order = np.random.default_rng([seed, epoch, 0x5A]).permutation(len(shards))
     return [shards[i] for i in order[split::n_splits]]
-
-
-def read_samples(shards: list[Path]) -> Iterator[Sample]:
-    """Samples of the shards in order, video bytes untouched."""
-    import webdataset as wds
-
-    urls = [str(p) for p in shards]
-    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
-    try:
-        for s in pipeline:
-            meta = json.loads(s["json"]) if "json" in s else {}
-            yield Sample(key=s["__key__"], video=video_of(s)[1], meta=meta)
-    except (OSError, ValueError, tarfile.TarError) as e:
-        # webdataset puts the shard's url last in the exception's args
-        where = next((a for a in reversed(e.args) if isinstance(a, str) and a in urls), None)
-        reason = str(e.args[0]) if e.args else type(e).__name__
-        if where is None:
-            where, reason = f"one of {', '.join(p.name for p in shards)}", str(e)
-        raise SaltCacheError(f"{where}: unreadable shard ({reason})") from None
 
 
 def shuffle_buffer(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:

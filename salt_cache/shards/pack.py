@@ -1,8 +1,9 @@
-"""Video shards: pack videos into webdataset tars, resolve shard lists, read samples back.
+"""Packing videos into webdataset tar shards (`salt-cache shards`).
 
 Each sample is `<key>.<ext>` (the original bytes, untouched) plus `<key>.json` (source path,
 label, frames, fps, height, width as probed with decord). Keys come from the relative path, so
-they are stable across runs and machines.
+they are stable across runs and machines, and hold no dot, so they read back the same under
+webdataset's key rule (`salt_cache.shards.read`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from pathlib import Path
 from typing import Iterator
 
 from salt_cache.errors import DecodeError, SaltCacheError
+from salt_cache.shards.read import INDEX_NAME
 from salt_cache.video import VIDEO_EXTENSIONS, VideoInfo, probe_video
 
 SHARD_PATTERN = "shard-{:06d}.tar"
-INDEX_NAME = "index.json"
 REJECTED_NAME = "rejected.jsonl"
 PROBE_TIMEOUT_S = 60.0
 
@@ -187,102 +188,3 @@ def write_shards(src: Path, out: Path, shard_size: int = 100, overwrite: bool = 
     index = {"shards": summary.shards, "samples": summary.packed, "rejected": len(summary.rejected)}
     (out / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return summary
-
-
-TASK_NAME = "task.json"
-
-
-def task_info(folder: Path) -> dict:
-    """What the data in shard folder `folder` is, for titles and class names:
-    {"name": str, "classes": list[str] | None, "from": where the name came from}.
-
-    Looked up in order: `task.json` at the data root (the folder's parent; demo tasks write
-    {"name": ..., "classes": [...]} there), a "task" or "name" field of the folder's index.json,
-    else the folder's own path (and no classes)."""
-    folder = Path(folder)
-    for path, fields in ((folder.parent / TASK_NAME, ("name", "task")), (folder / INDEX_NAME, ("task", "name"))):
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(doc, dict):
-            continue
-        name = next((doc[f] for f in fields if isinstance(doc.get(f), str) and doc[f].strip()), None)
-        if name is not None:
-            classes = doc.get("classes")
-            ok = isinstance(classes, list) and all(isinstance(c, str) for c in classes)
-            return {"name": name, "classes": list(classes) if ok else None, "from": str(path)}
-    return {"name": str(folder), "classes": None, "from": "folder path"}
-
-
-def resolve_shards(spec) -> list[Path]:
-    """SHARDS as a folder (its index.json, else shard-*.tar), a brace pattern, a comma list, or a
-    list of any of these -> existing tar paths, in a stable order."""
-    from braceexpand import braceexpand
-
-    items = spec if isinstance(spec, (list, tuple)) else [spec]
-    paths: list[Path] = []
-    for item in items:
-        for part in str(item).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            p = Path(part)
-            if p.is_dir():
-                index = p / INDEX_NAME
-                if index.exists():
-                    names = [s["name"] for s in json.loads(index.read_text())["shards"]]
-                    found = [p / n for n in names]
-                else:
-                    found = sorted(p.glob("*.tar"))
-                if not found:
-                    raise SaltCacheError(f"{p}: no .tar shards in this folder")
-                paths.extend(found)
-            else:
-                for q in braceexpand(part):
-                    paths.append(Path(q))
-    if not paths:
-        raise SaltCacheError(f"no shards given ({spec!r})")
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise SaltCacheError(f"{missing[0]}: shard file not found")
-    if len(set(paths)) != len(paths):
-        raise SaltCacheError("the same shard is listed twice")
-    return paths
-
-
-def video_of(sample: dict) -> tuple[str, bytes]:
-    """The (extension, bytes) of the video member of a webdataset sample."""
-    for ext in VIDEO_EXTENSIONS:
-        if ext[1:] in sample:
-            return ext[1:], sample[ext[1:]]
-    raise SaltCacheError(f"{sample.get('__key__')}: sample has no video member")
-
-
-def iter_shard(path: Path) -> Iterator[tuple[str, bytes, dict]]:
-    """(key, video bytes, metadata) for every sample of one shard, in tar order."""
-    import webdataset as wds
-
-    pipeline = wds.DataPipeline(wds.SimpleShardList([str(path)]), wds.tarfile_to_samples())
-    try:
-        for sample in pipeline:
-            meta = json.loads(sample["json"]) if "json" in sample else {}
-            yield sample["__key__"], video_of(sample)[1], meta
-    except (OSError, ValueError) as e:
-        raise SaltCacheError(f"{path}: unreadable shard ({e})") from None
-
-
-def shard_keys(path: Path) -> list[str]:
-    """Keys of one shard, from the tar headers only (no video bytes are read)."""
-    import tarfile
-
-    keys = []
-    try:
-        with tarfile.open(path) as tf:
-            for m in tf:
-                name = Path(m.name).name
-                if name.endswith(".json"):
-                    keys.append(str(Path(m.name).parent / name[: -len(".json")]).removeprefix("./"))
-    except (tarfile.TarError, OSError) as e:
-        raise SaltCacheError(f"{path}: unreadable shard ({e})") from None
-    return keys
