@@ -222,8 +222,9 @@ def _student_run(s: StageSpec, c: Ctx) -> dict:
 
 
 def _build_done(s: StageSpec, c: Ctx) -> bool:
-    doc = c.path(s.args["out"]) / "cache.json"
-    return doc.is_file() and json.loads(doc.read_text()).get("status") == "complete"
+    from salt_cache.cache.header import is_complete
+
+    return is_complete(c.path(s.args["out"]))
 
 
 def _build_run(s: StageSpec, c: Ctx) -> dict:

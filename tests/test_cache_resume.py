@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from salt_cache.cache import CacheReader, build_cache, verify_cache
 from salt_cache.cli import app
+from salt_cache.cache.store import done_path
 from test_cache_common import assert_same_cache, make_teacher, store_arrays, write_spec
 from conftest import torchrun_cli
 
@@ -47,7 +48,7 @@ def test_sigkill_mid_build_then_rerun_equals_a_clean_build(ref, tmp_path):
     try:
         while proc.poll() is None and time.time() < deadline:
             names = [p.name for p in stores.iterdir()] if stores.is_dir() else []
-            done = [n for n in names if n.endswith(".zarr") and (stores / n / "done.json").exists()]
+            done = [n for n in names if n.endswith(".zarr") and done_path(stores / n).exists()]
             if done and any(n.endswith(".partial") for n in names):
                 seen_partial = True
                 os.kill(proc.pid, signal.SIGKILL)  # the first store is whole, the next one half written
@@ -70,7 +71,7 @@ def test_sigkill_mid_build_then_rerun_equals_a_clean_build(ref, tmp_path):
     assert any("build incomplete" in p.line() for p in verify_cache(out, digest=False, rows=False))
 
     # the same command again: skips whole stores, clears the partial one, finishes
-    whole = [p for p in stores.glob("*.zarr") if (p / "done.json").exists()]  # may be ahead of the manifest
+    whole = [p for p in stores.glob("*.zarr") if done_path(p).exists()]  # may be ahead of the manifest
     partial = list(stores.glob("*.partial"))
     res = runner.invoke(app, build_args(ref, out, workers=1))
     assert res.exit_code == 0, res.output

@@ -11,7 +11,7 @@ import zarr
 from typer.testing import CliRunner
 
 from salt_cache.cache import build_cache, run_verify, verify_cache
-from salt_cache.cache.store import row_checksum
+from salt_cache.cache.store import done_path, row_checksum
 from salt_cache.cli import app
 from test_cache_common import make_teacher, store_arrays, write_spec
 
@@ -126,9 +126,10 @@ def test_different_teacher(clean, tmp_path):
 
 def test_stray_partial_missing_done_record_and_foreign_data(copy, demo):
     (copy / "stores" / (STORE1 + ".partial")).mkdir()
-    (copy / "stores" / STORE0 / "done.json").unlink()
+    record = done_path(copy / "stores" / STORE0)
+    record.unlink()
     found = lines(verify_cache(copy, data=demo / "train"))
-    assert f"store {STORE0}: no readable done.json (store never finished)" in found
+    assert f"store {STORE0}: no readable done record {record.name} (store never finished)" in found
     assert any(line.startswith(f"store {STORE1}.partial: stray entry") for line in found)
     assert any(line.endswith("in the cache but not in the data") for line in found)
     assert any(line.endswith("missing from the cache (in the data)") for line in found)

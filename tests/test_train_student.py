@@ -155,7 +155,7 @@ def test_refusals_are_one_line(demo, cached, tmp_path):
     build_cache(teacher, str(demo / "train"), write_spec(tmp_path / "s.yaml", views=1, patch=8), only_train, workers=1)
     broken = tmp_path / "broken"
     shutil.copytree(cache, broken)
-    shutil.rmtree(next((broken / "stores").iterdir()))
+    shutil.rmtree(next(p for p in (broken / "stores").iterdir() if p.is_dir()))
     cases = [
         ({"model.patch_size": 16}, "model.patch_size: the student config has 16, the cache"),
         ({"clip.frames": 8}, "clip.frames: the student config has 8, the cache"),

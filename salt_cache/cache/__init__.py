@@ -4,14 +4,20 @@
     verify_cache(cache, data, teacher, sample) -> [Problem]  (`salt-cache verify`)
     describe_cache(cache) -> dict                             (`salt-cache inspect`)
     CacheReader(cache)                                        (Stage 2, probe)
+    CacheHeader.read(cache)                                   cache.json, typed (every reader)
+
+Modules: header (cache.json), manifest (new headers, resume checks, finished stores), store (one
+Zarr store: layout, writer, done record), source (decoding the clips to encode), build, reader,
+verify, describe, tables (rich tables of the results).
 """
 
 from salt_cache.cache.build import BuildSummary, build_cache
 from salt_cache.cache.describe import describe_cache
+from salt_cache.cache.header import CacheHeader, is_complete
 from salt_cache.cache.reader import CacheReader, RowRef
 from salt_cache.cache.verify import Problem, VerifyReport, run_verify, verify_cache
 
 __all__ = [
-    "BuildSummary", "CacheReader", "Problem", "RowRef", "VerifyReport", "build_cache", "describe_cache",
+    "BuildSummary", "CacheHeader", "CacheReader", "is_complete", "Problem", "RowRef", "VerifyReport", "build_cache", "describe_cache",
     "run_verify", "verify_cache",
 ]

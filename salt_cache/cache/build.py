@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 
 from salt_cache import dist
-from salt_cache.cache.manifest import (
-    CACHE_JSON, compatibility_problem, make_header, read_cache_json, refresh_manifest, write_cache_json,
-)
+from salt_cache.cache.header import CACHE_JSON, CacheHeader
+from salt_cache.cache.manifest import compatibility_problem, make_header, refresh_manifest
 from salt_cache.cache.source import ClipDataset, ClipItem
 from salt_cache.cache.store import STORES_DIR, StoreWriter, clear_partial, read_done, store_name
 from salt_cache.checkpoint import file_sha256, load_encoder
@@ -123,14 +122,14 @@ def _leftover(p: Path) -> bool:
         (p.name.startswith(".build-rank") and p.name.endswith(".lock"))
 
 
-def _prepare_out(out: Path, header: dict, rank: int) -> dict | None:
+def _prepare_out(out: Path, header: CacheHeader, rank: int) -> CacheHeader | None:
     """The existing cache.json when resuming (checked against `header`), None for a new cache.
     Every rank checks compatibility (so all refuse alike); rank 0 alone judges a folder without
     cache.json, which other ranks may see while rank 0 is creating it."""
     if out.exists() and not out.is_dir():
         raise SaltCacheError(f"{out}: exists and is not a folder")
     if (out / CACHE_JSON).is_file():
-        existing = read_cache_json(out)
+        existing = CacheHeader.read(out)
         why = compatibility_problem(existing, header)
         if why:
             raise SaltCacheError(f"{out}: cannot resume: {why}; use a new --out or delete it")
@@ -184,9 +183,8 @@ def build_cache(teacher: Path, data, spec: Path | str | CacheSpec, out: Path, ba
             lock = _lock(out, env.rank)
             for p in out.glob(f".{CACHE_JSON}.*.tmp"):  # from a process killed while writing cache.json
                 p.unlink(missing_ok=True)
-            doc = header if existing is None else {**existing, "build": build_info, "versions": header["versions"]}
-            doc.pop("summary", None)
-            refresh_manifest(out, doc)
+            doc = header if existing is None else replace(existing, build=build_info, versions=header.versions)
+            refresh_manifest(out, replace(doc, summary=None))
         dist.barrier(env)
         if not env.is_main:
             lock = _lock(out, env.rank)
@@ -197,7 +195,7 @@ def build_cache(teacher: Path, data, spec: Path | str | CacheSpec, out: Path, ba
         dist.teardown(env)
 
 
-def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: dict, batch_size: int,
+def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHeader, batch_size: int,
          workers: int, env: dist.DistEnv, progress, t0: float) -> BuildSummary:
     root = out / STORES_DIR
     mine = [i for i in range(len(shards)) if i % env.world_size == env.rank]
@@ -216,9 +214,9 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: dict, ba
     task = show.add_task("encoding" + (f" (rank 0 of {env.world_size})" if env.distributed else ""),
                          total=len(items)) if show else None
 
-    views, dim = spec.views, int(header["teacher_dim"])
+    views, dim = spec.views, header.teacher_dim
     batch: list[tuple[StoreWriter, int, str, int, dict, str, torch.Tensor]] = []
-    doc = read_cache_json(out) if env.is_main else None
+    doc = CacheHeader.read(out) if env.is_main else None
 
     def flush() -> None:
         if batch:
@@ -238,7 +236,7 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: dict, ba
     for pos, i in enumerate(pending):
         t_store = time.time()
         # nothing machine- or path-specific: a store's bytes depend only on data, spec, teacher
-        attrs = {"shard": shards[i].name, "shard_index": i, "cache_id": header["cache_id"],
+        attrs = {"shard": shards[i].name, "shard_index": i, "cache_id": header.cache_id,
                  "views": views, "grid": list(spec.grid),
                  "tokens": spec.tokens, "dim": dim, "dtype": spec.storage.dtype}
         w = StoreWriter(root / store_name(i, shards[i]), len(samples[i]) * views, spec.tokens, dim,
@@ -263,7 +261,7 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: dict, ba
                 show.advance(task)
         flush()  # batches never cross a store: its bytes must not depend on its neighbours
         w.finish({"seconds": round(time.time() - t_store, 3), "rank": env.rank,
-                  **{key: header["build"][key] for key in ("device", "autocast", "batch_size")}})
+                  **{key: header.build[key] for key in ("device", "autocast", "batch_size")}})
         rows_built += w.rows
         if doc is not None:
             doc = refresh_manifest(out, doc, full=False)
@@ -271,18 +269,17 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: dict, ba
 
     clips_built, rows_all = (round(v) for v in dist.all_reduce_sum(torch.tensor([len(items), rows_built]), env).tolist())
     dist.barrier(env)
-    doc = refresh_manifest(out, read_cache_json(out)) if env.is_main else read_cache_json(out)
-    summary = _summarize(out, doc, header, skipped, cleared, len(pending), clips_built, rows_all, env, t0)
+    doc = refresh_manifest(out, CacheHeader.read(out)) if env.is_main else CacheHeader.read(out)
+    summary = _summarize(out, doc, skipped, cleared, len(pending), clips_built, rows_all, env, t0)
     if env.is_main:
-        doc["summary"] = summary.to_dict()
-        write_cache_json(out, doc)
+        replace(doc, summary=summary.to_dict()).write(out)
     return summary
 
 
-def _summarize(out: Path, doc: dict, header: dict, skipped: int, cleared: int, built: int,
+def _summarize(out: Path, doc: CacheHeader, skipped: int, cleared: int, built: int,
                clips_built: int, rows_built: int, env: dist.DistEnv, t0: float) -> BuildSummary:
-    stores = doc.get("stores", {})
-    total = len(doc.get("data", {}).get("shards", []))
+    stores = doc.stores
+    total = len(doc.shards)
     rows = sum(s["rows"] for s in stores.values())
     failures = [{"store": name, **f} for name, s in sorted(stores.items()) for f in s.get("failures", [])]
     nbytes = sum(s["bytes"] for s in stores.values())
@@ -292,7 +289,7 @@ def _summarize(out: Path, doc: dict, header: dict, skipped: int, cleared: int, b
         stores_built=built, stores_skipped=skipped, partial_cleared=cleared,
         clips=sum(s["clips"] for s in stores.values()), rows=rows, ok=sum(s["ok"] for s in stores.values()),
         failed=sum(s["failed"] for s in stores.values()), failures=failures, bytes=nbytes,
-        bytes_per_row=nbytes / rows if rows else 0.0, fp32_bytes_per_row=header["tokens"] * header["teacher_dim"] * 4,
+        bytes_per_row=nbytes / rows if rows else 0.0, fp32_bytes_per_row=doc.tokens * doc.teacher_dim * 4,
         clips_built=clips_built, rows_built=rows_built, wall_s=round(wall, 3),
         clips_per_s=round(clips_built / wall, 3) if wall > 0 else 0.0, rank=env.rank, world_size=env.world_size,
     )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from salt_cache.cache.manifest import read_cache_json, stray_entries
+from salt_cache.cache.header import CacheHeader
+from salt_cache.cache.manifest import stray_entries
 from salt_cache.diagnostics import MAX_TOKEN_ROWS
 
 RANK_SAMPLE = 256  # rows read for the rank diagnostics
@@ -44,42 +45,41 @@ def describe_cache(cache: Path, rank_sample: int = RANK_SAMPLE) -> dict:
     "failures": [...], "missing_stores": [...], "stray": [...], "ranks": `latent_ranks` of
     `rank_sample` rows (None for 0)}."""
     cache = Path(cache)
-    doc = read_cache_json(cache)
-    stores = doc.get("stores", {})
-    shards = doc.get("data", {}).get("shards", [])
-    views = int(doc["spec"].get("views", 1))
-    tokens, dim = int(doc["tokens"]), int(doc["teacher_dim"])
+    h = CacheHeader.read(cache)
+    stores = h.stores
+    views = h.spec.views
+    tokens, dim = h.tokens, h.teacher_dim
     fp32_row = tokens * dim * 4
     rows = sum(s["rows"] for s in stores.values())
     on_disk = sum(s["bytes"] for s in stores.values())
     per_store = []
-    for s in shards:
-        e = stores.get(s["store"])
+    for s in h.shards:
+        e = stores.get(s.store)
         per_store.append({
-            "store": s["store"], "shard": s["name"], "done": e is not None,
+            "store": s.store, "shard": s.name, "done": e is not None,
             "rows": e["rows"] if e else None, "ok": e["ok"] if e else None, "failed": e["failed"] if e else None,
             "bytes": e["bytes"] if e else None, "bytes_per_row": (e["bytes"] / e["rows"]) if e and e["rows"] else None,
             "seconds": e.get("seconds") if e else None, "rank": e.get("rank") if e else None,
         })
     failures = [{"store": name, **f} for name, e in sorted(stores.items()) for f in e.get("failures", [])]
-    teacher = doc.get("teacher", {})
+    t = h.teacher
     return {
         "cache": str(cache),
-        "status": doc.get("status"),
-        "cache_id": doc.get("cache_id"),
-        "spec": doc["spec"],
+        "status": h.status,
+        "cache_id": h.cache_id,
+        "spec": h.spec.to_dict(),
         "fingerprint": {
-            "teacher_file": teacher.get("file"), "teacher_sha256": teacher.get("sha256"),
-            "teacher_model": teacher.get("config", {}).get("name") or None,
-            "teacher_config": teacher.get("config"), "teacher_dim": dim, "grid": doc.get("grid"),
-            "tokens": tokens, "token_order": doc.get("token_order"), "final_norm": doc.get("final_norm"),
-            "dtype": doc["storage"]["dtype"], "stored_dtype": doc["storage"].get("stored_dtype"),
-            "codec": doc["storage"].get("codec"), "level": doc["storage"].get("level"),
-            "rows_per_shard": doc["storage"].get("rows_per_shard"), "codecs": doc["storage"].get("codecs"),
-            "versions": doc.get("versions"), "build": doc.get("build"),
+            "teacher_file": t.file, "teacher_sha256": t.sha256,
+            "teacher_model": t.config.get("name") or None,
+            "teacher_config": dict(t.config), "teacher_dim": dim, "grid": list(h.grid),
+            "tokens": tokens, "token_order": h.token_order, "final_norm": h.final_norm,
+            "dtype": h.dtype, "stored_dtype": h.storage.get("stored_dtype"),
+            "codec": h.storage.get("codec"), "level": h.storage.get("level"),
+            "rows_per_shard": h.storage.get("rows_per_shard"), "codecs": h.storage.get("codecs"),
+            "versions": dict(h.versions), "build": dict(h.build),
         },
         "counts": {
-            "stores": len(shards), "stores_done": len(stores), "clips": sum(s["clips"] for s in stores.values()),
+            "stores": len(h.shards), "stores_done": len(stores), "clips": sum(s["clips"] for s in stores.values()),
             "rows": rows, "views_per_clip": views, "ok": sum(s["ok"] for s in stores.values()),
             "failed": sum(s["failed"] for s in stores.values()),
         },
@@ -88,8 +88,8 @@ def describe_cache(cache: Path, rank_sample: int = RANK_SAMPLE) -> dict:
                   "ratio_vs_fp32": on_disk / (rows * fp32_row) if rows else 0.0},
         "stores": per_store,
         "failures": failures,
-        "missing_stores": [s["store"] for s in shards if s["store"] not in stores],
-        "stray": stray_entries(cache, doc),
-        "summary": doc.get("summary"),
+        "missing_stores": [s.store for s in h.shards if s.store not in stores],
+        "stray": stray_entries(cache, h),
+        "summary": h.summary,
         "ranks": latent_ranks(cache, rank_sample) if rows else None,
     }

@@ -1,33 +1,24 @@
-"""`CACHE/cache.json`: the fingerprint of a cache and the manifest of its finished stores.
+"""The manifest side of `CACHE/cache.json`: a new cache's header, whether a build may resume
+into an existing cache, and the list of finished stores (scanned from their done records).
 
 Written when a build starts (so an interrupted build is self-describing and resumable) and
 rewritten, atomically, each time a store finishes. Only one process ever writes it (rank 0).
-
-Fields: format, version, status ("building" | "complete"), cache_id (sha256 of spec + teacher
-sha256 + shard list), spec, teacher {file, sha256, config, meta}, teacher_dim, grid, tokens,
-token_order "t,h,w", final_norm, storage {dtype, stored_dtype, codecs, ...}, data {shards: [{index,
-name, path, bytes, store}]}, versions, build {device, autocast, batch_size, workers, world_size},
-stores {store name: done record without its file list}, summary (after a build).
+The file's fields and its reading and writing are `salt_cache.cache.header.CacheHeader`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import time
 from pathlib import Path
 
+from salt_cache.cache.header import CACHE_FORMAT, CacheHeader, ShardEntry, TeacherRecord
 from salt_cache.cache.store import (
-    DONE_NAME, STORES_DIR, TEMP_SUFFIX, codecs_description, read_done, store_name, stored_dtype,
+    STORES_DIR, TEMP_SUFFIX, codecs_description, done_path, is_done_record, read_done, store_name, stored_dtype,
 )
-from salt_cache.errors import SaltCacheError
 from salt_cache.spec import CacheSpec
-
-CACHE_FORMAT = "salt-cache/latents"
-CACHE_VERSION = 1
-CACHE_JSON = "cache.json"
 
 
 def package_versions() -> dict:
@@ -47,35 +38,29 @@ def _canonical(obj) -> bytes:
 
 
 def make_header(spec: CacheSpec, teacher_file: Path, teacher_sha256: str, teacher_config: dict,
-                teacher_meta: dict, shards: list[Path], build: dict) -> dict:
-    """The fingerprint part of cache.json for a new build."""
-    spec_d = spec.to_dict()
-    shard_list = [{"index": i, "name": Path(p).name, "path": str(Path(p).resolve()),
-                   "bytes": Path(p).stat().st_size, "store": store_name(i, p)} for i, p in enumerate(shards)]
-    identity = {"spec": spec_d, "teacher_sha256": teacher_sha256,
-                "shards": [(s["name"], s["bytes"]) for s in shard_list]}
+                teacher_meta: dict, shards: list[Path], build: dict) -> CacheHeader:
+    """The header of a new build (status "building", no finished store)."""
+    entries = tuple(ShardEntry(index=i, name=Path(p).name, path=str(Path(p).resolve()), bytes=Path(p).stat().st_size,
+                               store=store_name(i, p)) for i, p in enumerate(shards))
+    identity = {"spec": spec.to_dict(), "teacher_sha256": teacher_sha256, "shards": [(s.name, s.bytes) for s in entries]}
     st = spec.storage
-    return {
-        "format": CACHE_FORMAT, "version": CACHE_VERSION, "status": "building",
-        "cache_id": hashlib.sha256(_canonical(identity)).hexdigest(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "spec": spec_d,
-        "teacher": {"file": str(Path(teacher_file).resolve()), "sha256": teacher_sha256,
-                    "config": teacher_config, "meta": json.loads(_canonical(teacher_meta or {}))},
-        "teacher_dim": int(teacher_config["embed_dim"]),
-        "grid": list(spec.grid), "tokens": spec.tokens, "token_order": "t,h,w",
+    return CacheHeader(
+        cache_id=hashlib.sha256(_canonical(identity)).hexdigest(),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        spec=spec,
+        teacher=TeacherRecord(file=str(Path(teacher_file).resolve()), sha256=teacher_sha256, config=dict(teacher_config),
+                              meta=json.loads(_canonical(teacher_meta or {}))),
+        teacher_dim=int(teacher_config["embed_dim"]),
+        grid=tuple(spec.grid), tokens=spec.tokens, token_order="t,h,w",
         # imported VideoMAE teachers with mean pooling have no per-token final norm
-        "final_norm": bool(teacher_config.get("final_norm", True)),
-        "storage": {"dtype": st.dtype, "stored_dtype": stored_dtype(st.dtype).name, "codec": st.codec,
-                    "level": st.level, "rows_per_shard": st.rows_per_shard, "chunk_rows": 1,
-                    "codecs": codecs_description(st),
-                    "row_checksum": "crc32 of the row's stored bytes, little-endian",
-                    "stats": "mean, population std and L2 norm of the fp32 teacher output"},
-        "data": {"shards": shard_list},
-        "versions": package_versions(),
-        "build": build,
-        "stores": {},
-    }
+        final_norm=bool(teacher_config.get("final_norm", True)),
+        storage={"dtype": st.dtype, "stored_dtype": stored_dtype(st.dtype).name, "codec": st.codec,
+                 "level": st.level, "rows_per_shard": st.rows_per_shard, "chunk_rows": 1,
+                 "codecs": codecs_description(st),
+                 "row_checksum": "crc32 of the row's stored bytes, little-endian",
+                 "stats": "mean, population std and L2 norm of the fp32 teacher output"},
+        shards=entries, versions=package_versions(), build=dict(build),
+    )
 
 
 def _first_difference(a, b, path: str = "") -> str | None:
@@ -94,53 +79,24 @@ def _first_difference(a, b, path: str = "") -> str | None:
     return None if a == b else f"{path}: cache has {a!r}, given {b!r}"
 
 
-def compatibility_problem(existing: dict, header: dict) -> str | None:
+def compatibility_problem(existing: CacheHeader, header: CacheHeader) -> str | None:
     """Why a build with `header` cannot resume into a cache described by `existing` (or None)."""
-    if existing.get("format") != CACHE_FORMAT:
+    if existing.format != CACHE_FORMAT:
         return "not a salt-cache latent cache (cache.json has no 'format: salt-cache/latents')"
-    d = _first_difference(existing.get("spec"), header["spec"])
+    d = _first_difference(existing.spec.to_dict(), header.spec.to_dict())
     if d:
         return f"built with a different spec (spec.{d})"
-    old, new = existing.get("teacher", {}).get("sha256", ""), header["teacher"]["sha256"]
+    old, new = existing.teacher.sha256, header.teacher.sha256
     if old != new:
-        return f"built with a different teacher (sha256 {old[:12]}... vs {new[:12]}... of {header['teacher']['file']})"
-    a = [(s.get("name"), s.get("bytes")) for s in existing.get("data", {}).get("shards", [])]
-    b = [(s["name"], s["bytes"]) for s in header["data"]["shards"]]
+        return f"built with a different teacher (sha256 {old[:12]}... vs {new[:12]}... of {header.teacher.file})"
+    a = [(s.name, s.bytes) for s in existing.shards]
+    b = [(s.name, s.bytes) for s in header.shards]
     if a != b:
         if len(a) != len(b):
             return f"built from {len(a)} shards, given {len(b)}"
         i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
         return f"built from different data (shard {i}: cache has {a[i][0]} of {a[i][1]} bytes, given {b[i][0]} of {b[i][1]} bytes)"
     return None
-
-
-def cache_json_path(cache: Path) -> Path:
-    return Path(cache) / CACHE_JSON
-
-
-def read_cache_json(cache: Path) -> dict:
-    """Parse CACHE/cache.json; a one-line SaltCacheError when it is missing or not a cache."""
-    p = cache_json_path(cache)
-    if not Path(cache).is_dir():
-        raise SaltCacheError(f"{cache}: no such cache folder")
-    if not p.is_file():
-        raise SaltCacheError(f"{cache}: not a latent cache (no {CACHE_JSON})")
-    try:
-        doc = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise SaltCacheError(f"{p}: unreadable ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != CACHE_FORMAT:
-        raise SaltCacheError(f"{p}: not a salt-cache latent cache (format {doc.get('format') if isinstance(doc, dict) else None!r})")
-    return doc
-
-
-def write_cache_json(cache: Path, doc: dict) -> None:
-    """Atomic rewrite: a reader sees the old or the new file, never half of one."""
-    p = cache_json_path(cache)
-    doc["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    os.replace(tmp, p)
 
 
 def manifest_entry(done: dict) -> dict:
@@ -150,40 +106,42 @@ def manifest_entry(done: dict) -> dict:
     return entry
 
 
-def scan_stores(cache: Path, doc: dict, known: dict | None = None) -> dict:
+def scan_stores(cache: Path, header: CacheHeader, known: dict | None = None) -> dict:
     """{store name: manifest entry} for every store of the data list that has a done record;
     stores already in `known` are taken from it without reading their done record."""
     root = Path(cache) / STORES_DIR
     out = {}
-    for s in doc.get("data", {}).get("shards", []):
-        if known and s["store"] in known:
-            out[s["store"]] = known[s["store"]]
+    for name in header.store_names:
+        if known and name in known:
+            out[name] = known[name]
             continue
-        done = read_done(root / s["store"])
+        done = read_done(root / name)
         if done is not None:
-            out[s["store"]] = manifest_entry(done)
+            out[name] = manifest_entry(done)
     return out
 
 
-def refresh_manifest(cache: Path, doc: dict, full: bool = True) -> dict:
-    """Rescan finished stores into `doc["stores"]` (only the unlisted ones unless `full`), set the
-    status, write cache.json."""
-    doc["stores"] = scan_stores(cache, doc, None if full else doc.get("stores"))
-    complete = len(doc["stores"]) == len(doc.get("data", {}).get("shards", []))
-    doc["status"] = "complete" if complete else "building"
-    write_cache_json(cache, doc)
-    return doc
+def refresh_manifest(cache: Path, header: CacheHeader, full: bool = True) -> CacheHeader:
+    """Rescan finished stores (only the unlisted ones unless `full`), set the status, write
+    cache.json; returns the header as written."""
+    stores = scan_stores(cache, header, None if full else dict(header.stores))
+    return header.with_stores(stores).write(cache)
 
 
-def stray_entries(cache: Path, doc: dict) -> list[str]:
-    """Names in CACHE/stores that are not finished stores of this cache: temporary folders of an
-    interrupted build, unfinished stores, or foreign files."""
+def stray_entries(cache: Path, header: CacheHeader) -> list[str]:
+    """Names in CACHE/stores that are not finished stores of this cache (or their done records):
+    temporary folders of an interrupted build, unfinished stores, or foreign files."""
     root = Path(cache) / STORES_DIR
     if not root.is_dir():
         return []
-    expected = {s["store"] for s in doc.get("data", {}).get("shards", [])}
+    expected = set(header.store_names)
+    records = {done_path(root / name).name: name for name in expected}
     out = []
     for p in sorted(root.iterdir()):
-        if p.name.endswith(TEMP_SUFFIX) or p.name not in expected or not (p / DONE_NAME).is_file():
+        if p.name in records:
+            if not (root / records[p.name]).is_dir() or not is_done_record(p):
+                out.append(p.name)  # a done record without its store, or not one at all
+            continue
+        if p.name.endswith(TEMP_SUFFIX) or p.name not in expected or read_done(p) is None:
             out.append(p.name)
     return out

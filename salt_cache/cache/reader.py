@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from salt_cache.cache.manifest import read_cache_json
+from salt_cache.cache.header import CacheHeader
 from salt_cache.cache.store import STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage
 from salt_cache.errors import SaltCacheError
 from salt_cache.spec import CacheSpec
@@ -41,44 +41,28 @@ class RowRef:
 class CacheReader:
     """Read rows of a latent cache by clip key.
 
-    fingerprint: the cache.json contents; teacher_dim, grid (T', H', W'), tokens, spec; keys()
+    header: the cache.json record (`CacheHeader`); teacher_dim, grid (T', H', W'), tokens, spec; keys()
     (clips with >= 1 ok row, sorted), rows(key) -> [RowRef] (ok rows), view(ref) -> View,
     read(ref) -> float32 [tokens, D], meta(key) -> the clip's shard-sample dict, counts()."""
 
     def __init__(self, cache_dir: Path | str):
         self.root = Path(cache_dir)
-        self.fingerprint: dict = read_cache_json(self.root)
-        doc = self.fingerprint
-        try:
-            self.spec: CacheSpec = CacheSpec.from_dict(doc["spec"], source=f"{self.root}/cache.json: spec")
-            self.teacher_dim: int = int(doc["teacher_dim"])
-            self.grid: tuple[int, int, int] = tuple(int(g) for g in doc["grid"])
-            self.tokens: int = int(doc["tokens"])
-            self.dtype: str = doc["storage"]["dtype"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise SaltCacheError(f"{self.root}/cache.json: incomplete fingerprint ({type(e).__name__}: {e})") from None
-        self.stores: list[str] = sorted(doc.get("stores", {}))
+        self.header: CacheHeader = CacheHeader.read(self.root)
+        h = self.header
+        self.spec: CacheSpec = h.spec
+        self.teacher_dim: int = h.teacher_dim
+        self.grid: tuple[int, int, int] = tuple(h.grid)
+        self.tokens: int = h.tokens
+        self.dtype: str = h.dtype
+        self.stores: list[str] = sorted(h.stores)
         self._index: dict | None = None
         self._reset_handles()
 
     def require(self, **expected) -> None:
-        """Refuse a cache that does not fit what the caller has: keyword arguments among grid,
-        tokens, teacher_dim, patch_size, tubelet_size, frames, size, teacher_sha256. Raises a
-        one-line SaltCacheError naming the first mismatch."""
-        have = {
-            "grid": tuple(self.grid), "tokens": self.tokens, "teacher_dim": self.teacher_dim,
-            "patch_size": self.spec.patch_size, "tubelet_size": self.spec.tubelet_size,
-            "frames": self.spec.clip.frames, "size": self.spec.clip.size,
-            "teacher_sha256": self.fingerprint.get("teacher", {}).get("sha256"),
-        }
-        for name, want in expected.items():
-            if name not in have:
-                raise TypeError(f"require(): unknown field {name!r} (expected one of {', '.join(have)})")
-            if want is None:
-                continue
-            want = tuple(want) if isinstance(want, (list, tuple)) else want
-            if have[name] != want:
-                raise SaltCacheError(f"{self.root}: cache has {name} {have[name]}, expected {want}")
+        """`CacheHeader.require` for this cache: a one-line SaltCacheError naming the first of
+        grid, tokens, teacher_dim, patch_size, tubelet_size, frames, size, teacher_sha256 that
+        differs from what the caller expects."""
+        self.header.require(self.root, **expected)
 
     # ---- process-local state: never pickled, rebuilt after a fork -------------------------------
     def _reset_handles(self) -> None:
@@ -104,7 +88,7 @@ class CacheReader:
         self._local()
         g = self._groups.get(store)
         if g is None:
-            if store not in self.fingerprint.get("stores", {}):
+            if store not in self.header.stores:
                 raise SaltCacheError(f"{self.root}: no finished store {store!r} in the manifest")
             import zarr
 

@@ -13,12 +13,18 @@ Layout of `CACHE/stores/<NNNNNN>-<shard stem>.zarr` (a Zarr group):
     stats       [rows, 3] float32  mean, std (population), L2 norm of the fp32 teacher output
     checksum    [rows] uint32      CRC-32 of the row's stored bytes (little-endian)
     meta        [rows] string      the clip's shard-sample JSON (source, label, frames, ...)
-    done.json                      the done record: rows, counts, files and sizes, bytes, digest
+
+and beside it, outside the Zarr hierarchy (zarr warns about foreign files inside one):
+
+`CACHE/stores/<NNNNNN>-<shard stem>.done.json`: the done record: rows, counts, files and sizes,
+bytes, digest. It is the commit: a store counts only once its done record exists.
 
 Row r holds view r % views of the shard's sample r // views: a clip's views are consecutive and
 row order follows the shard, whatever the batch size or worker count. A store is written under
-`<name>.partial` by one writer and renamed when whole; Zarr shards are written whole, once, so no
-read-modify-write of a shard ever happens (zarr-python issue 3682).
+`<name>.partial` by one writer and renamed when whole, then its done record is written (to a
+temporary name, renamed), last; on an object store, where nothing renames, the done record alone
+would be the commit. Zarr shards are written whole, once, so no read-modify-write of a shard ever
+happens (zarr-python issue 3682).
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ STORE_VERSION = 1
 STORES_DIR = "stores"
 STORE_SUFFIX = ".zarr"
 TEMP_SUFFIX = ".partial"
-DONE_NAME = "done.json"
+DONE_SUFFIX = ".done.json"
+LEGACY_DONE_NAME = "done.json"  # where stores written before the record moved out kept it
 
 STATUS_MISSING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 STATUS_NAMES = {STATUS_MISSING: "missing", STATUS_OK: "ok", STATUS_FAILED: "failed"}
@@ -133,13 +140,13 @@ def codecs_description(storage: StorageSpec) -> list[dict]:
 
 
 def store_files(path: Path) -> dict[str, int]:
-    """Relative path -> size of every file of a store except the done record, sorted."""
+    """Relative path -> size of every file of a store (a legacy in-store done record excepted), sorted."""
     path = Path(path)
     out = {}
     for p in sorted(path.rglob("*")):
         if p.is_file():
             rel = p.relative_to(path).as_posix()
-            if rel != DONE_NAME:
+            if rel != LEGACY_DONE_NAME:
                 out[rel] = p.stat().st_size
     return out
 
@@ -157,27 +164,54 @@ def store_digest(path: Path, files: dict[str, int] | None = None) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def read_done(path: Path) -> dict | None:
-    """The done record of a store folder, or None when it has none (or it is unreadable)."""
-    p = Path(path) / DONE_NAME
+def done_path(final: Path) -> Path:
+    """Where the done record of store folder `final` lives: beside it, `<name>.done.json`."""
+    final = Path(final)
+    return final.with_name(final.name.removesuffix(STORE_SUFFIX) + DONE_SUFFIX)
+
+
+def _load_record(p: Path) -> dict | None:
     try:
-        rec = json.loads(p.read_text())
+        rec = json.loads(Path(p).read_text())
     except (OSError, ValueError):
         return None
     return rec if isinstance(rec, dict) and rec.get("format") == STORE_FORMAT else None
 
 
+def is_done_record(p: Path) -> bool:
+    return _load_record(p) is not None
+
+
+def read_done(path: Path) -> dict | None:
+    """The done record of store folder `path`, or None when the store is not finished: no folder,
+    no record (or an unreadable one). Stores written before the record moved out of the Zarr
+    hierarchy keep it inside, as done.json, and still read."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    return _load_record(done_path(path)) or _load_record(path / LEGACY_DONE_NAME)
+
+
 def clear_partial(final: Path) -> bool:
-    """Remove a store's temporary folder, and the final folder if it has no done record.
-    Returns True when something was removed."""
+    """Remove a store's temporary folder and temporary done record, and the final folder and
+    done record unless the store is finished. Returns True when something was removed."""
+    final = Path(final)
     removed = False
+    record, tmp_record = done_path(final), done_path(final).with_name(done_path(final).name + TEMP_SUFFIX)
     tmp = final.with_name(final.name + TEMP_SUFFIX)
     if tmp.exists():
         shutil.rmtree(tmp)
         removed = True
-    if final.exists() and read_done(final) is None:
-        shutil.rmtree(final)
+    if tmp_record.exists():
+        tmp_record.unlink()
         removed = True
+    if read_done(final) is None:
+        if final.exists():
+            shutil.rmtree(final)
+            removed = True
+        if record.exists():
+            record.unlink()
+            removed = True
     return removed
 
 
@@ -268,8 +302,8 @@ class StoreWriter:
         self.failures.append({"row": row, "key": key, "view": view_index, "reason": self.reason[row]})
 
     def finish(self, extra: dict | None = None) -> dict:
-        """Write the per-row arrays and the done record, rename to the final name; returns the
-        done record. Refuses when a row was never written."""
+        """Write the per-row arrays, rename the store to its final name, then write its done
+        record (the commit); returns the done record. Refuses when a row was never written."""
         missing = int((self.status == STATUS_MISSING).sum())
         if missing:
             raise SaltCacheError(f"{self.final.name}: {missing} rows were never written; not finishing the store")
@@ -300,10 +334,14 @@ class StoreWriter:
             "files": files, "bytes": int(sum(files.values())),
             "digest": store_digest(self.tmp, files), "failures": self.failures, **(extra or {}),
         }
-        (self.tmp / DONE_NAME).write_text(json.dumps(record, indent=1) + "\n")
+        done = done_path(self.final)
+        done.unlink(missing_ok=True)  # a record without its store (a store deleted by hand) goes first
         if self.final.exists():  # a leftover without a done record: never complete, safe to drop
             shutil.rmtree(self.final)
         os.replace(self.tmp, self.final)
+        tmp = done.with_name(done.name + TEMP_SUFFIX)
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(tmp, done)  # last: from here on the store counts as finished
         return record
 
 

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from salt_cache.cache.manifest import CACHE_JSON, read_cache_json, stray_entries
+from salt_cache.cache.header import CACHE_JSON, CacheHeader
+from salt_cache.cache.manifest import stray_entries
 from salt_cache.cache.store import (
-    DONE_NAME, ROW_ARRAYS, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage,
+    ROW_ARRAYS, done_path, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage,
     read_done, row_checksum, stats_problem, store_digest, store_files, stored_dtype,
 )
 from salt_cache.errors import SaltCacheError
-from salt_cache.spec import CacheSpec
 
 # re-encoding tolerances: (max relative L2 error, min cosine) of a stored row against the teacher
 # recomputed in fp32 from the stored view. The storage dtype bounds the rounding of each value
@@ -103,30 +103,18 @@ def run_verify(cache, data=None, teacher=None, sample: int = 0, seed: int = 0, d
     # 1. cache.json and spec
     rep.checks.append("cache.json")
     try:
-        doc = read_cache_json(cache)
+        header = CacheHeader.read(cache)
     except SaltCacheError as e:
         P(Problem(str(e)))
         rep.seconds = round(time.time() - t0, 3)
         return rep
-    try:
-        spec = CacheSpec.from_dict(doc["spec"], source=f"{CACHE_JSON} spec")
-        dtype = doc["storage"]["dtype"]
-        tokens, dim = int(doc["tokens"]), int(doc["teacher_dim"])
-        shards = doc["data"]["shards"]
-        manifest = doc.get("stores", {})
-    except SaltCacheError as e:
-        P(Problem(str(e)))
-        rep.seconds = round(time.time() - t0, 3)
-        return rep
-    except (KeyError, TypeError, ValueError) as e:
-        P(Problem(f"{CACHE_JSON}: missing or malformed field ({type(e).__name__}: {e})"))
-        rep.seconds = round(time.time() - t0, 3)
-        return rep
-    if tokens != spec.tokens or list(doc.get("grid", [])) != list(spec.grid):
-        P(Problem(f"{CACHE_JSON}: grid {doc.get('grid')} / tokens {tokens} do not follow from the spec ({list(spec.grid)}, {spec.tokens})"))
-    expected_names = [s["store"] for s in shards]
-    if doc.get("status") != "complete" or len(manifest) != len(shards):
-        P(Problem(f"build incomplete: {len(manifest)} of {len(shards)} stores finished (re-run the build to resume)"))
+    spec, dtype, tokens, dim = header.spec, header.dtype, header.tokens, header.teacher_dim
+    manifest = header.stores
+    if tokens != spec.tokens or list(header.grid) != list(spec.grid):
+        P(Problem(f"{CACHE_JSON}: grid {list(header.grid)} / tokens {tokens} do not follow from the spec ({list(spec.grid)}, {spec.tokens})"))
+    expected_names = header.store_names
+    if not header.complete:
+        P(Problem(f"build incomplete: {len(manifest)} of {len(expected_names)} stores finished (re-run the build to resume)"))
     for name in sorted(set(manifest) - set(expected_names)):
         P(Problem("listed in the manifest but not a store of the cache's data", store=name))
 
@@ -143,12 +131,12 @@ def run_verify(cache, data=None, teacher=None, sample: int = 0, seed: int = 0, d
             continue
         done = read_done(path)
         if done is None:
-            P(Problem(f"no readable {DONE_NAME} (store never finished)", store=name))
+            P(Problem(f"no readable done record {done_path(path).name} (store never finished)", store=name))
             continue
         entry = manifest[name]
         for k in ("rows", "ok", "failed", "bytes", "digest"):
             if done.get(k) != entry.get(k):
-                P(Problem(f"{DONE_NAME} {k}={done.get(k)!r} disagrees with the manifest's {entry.get(k)!r}", store=name))
+                P(Problem(f"done record {k}={done.get(k)!r} disagrees with the manifest's {entry.get(k)!r}", store=name))
         on_disk = store_files(path)
         listed = done.get("files", {})
         bad = False
@@ -162,7 +150,7 @@ def run_verify(cache, data=None, teacher=None, sample: int = 0, seed: int = 0, d
         for rel in sorted(set(on_disk) - set(listed)):
             P(Problem(f"unexpected file {rel}", store=name))
         sound[name] = {"done": done, "files_ok": not bad}
-    for stray in stray_entries(cache, doc):
+    for stray in stray_entries(cache, header):
         P(Problem("stray entry in stores/ (partial or foreign; a re-run of the build clears partial stores)", store=stray))
     rep.stores = len(sound)
 
@@ -206,7 +194,7 @@ def run_verify(cache, data=None, teacher=None, sample: int = 0, seed: int = 0, d
     # 7. teacher fingerprint and re-encoding
     if teacher is not None:
         rep.checks.append("teacher")
-        _check_teacher(doc, spec, opened, Path(teacher), sample, seed, device, data, rep, P)
+        _check_teacher(header, opened, Path(teacher), sample, seed, device, data, rep, P)
     rep.seconds = round(time.time() - t0, 3)
     return rep
 
@@ -338,7 +326,7 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:120]}" if text else type(e).__name__
 
 
-def _check_teacher(doc: dict, spec: CacheSpec, opened: dict, teacher: Path, sample: int, seed: int,
+def _check_teacher(header: CacheHeader, opened: dict, teacher: Path, sample: int, seed: int,
                    device: str, data, rep: VerifyReport, P) -> None:
     from salt_cache.checkpoint import file_sha256, load_encoder
 
@@ -346,7 +334,7 @@ def _check_teacher(doc: dict, spec: CacheSpec, opened: dict, teacher: Path, samp
         P(Problem(f"{teacher}: teacher checkpoint not found"))
         return
     sha = file_sha256(teacher)
-    recorded = doc.get("teacher", {}).get("sha256")
+    recorded = header.teacher.sha256
     if sha != recorded:
         P(Problem(f"teacher {teacher} has sha256 {sha[:12]}..., the cache was built with {str(recorded)[:12]}..."))
     if sample <= 0:
@@ -363,12 +351,12 @@ def _check_teacher(doc: dict, spec: CacheSpec, opened: dict, teacher: Path, samp
     except (SaltCacheError, RuntimeError) as e:
         P(Problem(f"cannot re-encode: {e}"))
         return
-    shard_paths = _shard_paths(doc, data)
+    shard_paths = _shard_paths(header, data)
     autocast = dev.type == "cuda" or any(
-        (doc.get("stores", {}).get(name, {}).get("autocast")) for name, _ in (candidates[i] for i in picks))
-    tol_rel, tol_cos = TOLERANCES["autocast" if autocast else doc["storage"]["dtype"]]
+        (header.stores.get(name, {}).get("autocast")) for name, _ in (candidates[i] for i in picks))
+    tol_rel, tol_cos = TOLERANCES["autocast" if autocast else header.dtype]
     rep.tolerance = {"max_relative_error": tol_rel, "min_cosine": tol_cos,
-                     "basis": "autocast" if autocast else doc["storage"]["dtype"]}
+                     "basis": "autocast" if autocast else header.dtype}
     from salt_cache.shards import index_shard, read_member
     from salt_cache.video import View, decode_view
 
@@ -397,7 +385,7 @@ def _check_teacher(doc: dict, spec: CacheSpec, opened: dict, teacher: Path, samp
             x = decode_view(read_member(Path(shard), tar.members[tar.video_ext]), view)
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 y = model(x[None].to(dev))[0].float().cpu()
-            stored = from_storage(a["latents"][r], doc["storage"]["dtype"])
+            stored = from_storage(a["latents"][r], header.dtype)
         except Exception as e:  # an undecodable view, a clip that does not tile, a damaged chunk
             P(Problem(f"cannot re-encode ({_short(e)})", store=name, row=r, key=key))
             continue
@@ -412,11 +400,10 @@ def _check_teacher(doc: dict, spec: CacheSpec, opened: dict, teacher: Path, samp
                       store=name, row=r, key=key))
 
 
-def _shard_paths(doc: dict, data) -> dict[str, str]:
+def _shard_paths(header: CacheHeader, data) -> dict[str, str]:
     """Store name -> shard path: a shard of `data` with the recorded name and size when given,
     else the path recorded at build time."""
-    shards = doc["data"]["shards"]
-    out = {s["store"]: s["path"] for s in shards}
+    out = {s.store: s.path for s in header.shards}
     if data is not None:
         from salt_cache.shards import resolve_shards
 
@@ -424,6 +411,6 @@ def _shard_paths(doc: dict, data) -> dict[str, str]:
             given = {(p.name, p.stat().st_size): str(p) for p in resolve_shards(data)}
         except SaltCacheError:
             return out
-        for s in shards:
-            out[s["store"]] = given.get((s["name"], s["bytes"]), out[s["store"]])
+        for s in header.shards:
+            out[s.store] = given.get((s.name, s.bytes), out[s.store])
     return out

@@ -192,6 +192,11 @@ class CacheJoin:
 
 # ---------------------------------------------------------------- refusals
 
+# the student config field that must agree with each field of the cache (`CacheHeader.require`)
+CACHE_FIELDS = {"patch_size": "model.patch_size", "tubelet_size": "model.tubelet_size",
+                "frames": "clip.frames", "size": "clip.size"}
+
+
 def check_cache(config: StudentConfig, shards: list[Path], val_shards: list[Path] | None) -> dict:
     """Refuse a cache that fails its quick checks, does not fit the student's token geometry, or
     lacks clips of the given shards. Returns the fingerprint summary stored with checkpoints."""
@@ -203,28 +208,19 @@ def check_cache(config: StudentConfig, shards: list[Path], val_shards: list[Path
         more = f" (and {len(problems) - 1} more; run salt-cache verify)" if len(problems) > 1 else ""
         raise SaltCacheError(f"{cache}: fails its quick checks: {problems[0].line()}{more}")
     reader = CacheReader(cache)
-    spec = reader.spec
-    for name, have, want in (("model.patch_size", config.model.patch_size, spec.patch_size),
-                             ("model.tubelet_size", config.model.tubelet_size, spec.tubelet_size),
-                             ("clip.frames", config.clip.frames, spec.clip.frames),
-                             ("clip.size", config.clip.size, spec.clip.size)):
-        if have != want:
-            raise SaltCacheError(f"{name}: the student config has {have}, the cache {cache} has {want} "
-                                 f"(its token grid is {'x'.join(map(str, reader.grid))}); set {name}: {want}")
-    if tuple(config.grid) != tuple(reader.grid):
-        raise SaltCacheError(f"token grid: student {config.grid} vs cache {tuple(reader.grid)}")
+    reader.header.require(cache, who="the student config", labels=CACHE_FIELDS, patch_size=config.model.patch_size,
+                          tubelet_size=config.model.tubelet_size, frames=config.clip.frames, size=config.clip.size)
     have_keys = set(reader.keys())
-    failed = reader.counts().get("failed", 0)
     for label, group in (("train", shards), ("val", val_shards or [])):
         for shard in group:
             missing = [k for k in shard_keys(shard) if k not in have_keys and not reader.has_key(k)]
             if missing:
                 raise SaltCacheError(f"{cache}: has no rows for {len(missing)} clip(s) of {label} shard {shard} "
                                      f"(first: {missing[0]}); build the cache over these shards")
-    fp = reader.fingerprint
-    return {"path": str(cache.resolve()), "teacher_sha256": fp.get("teacher", {}).get("sha256"),
-            "spec": fp.get("spec", {}).get("name"), "grid": list(reader.grid), "teacher_dim": reader.teacher_dim,
-            "dtype": reader.dtype, "failed_rows": failed}
+    h = reader.header
+    return {"path": str(cache.resolve()), "teacher_sha256": h.teacher.sha256, "spec": h.spec.name,
+            "grid": list(reader.grid), "teacher_dim": reader.teacher_dim, "dtype": reader.dtype,
+            "failed_rows": reader.counts().get("failed", 0)}
 
 
 # ---------------------------------------------------------------- the run
