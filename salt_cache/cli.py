@@ -299,7 +299,8 @@ def probe(
     features' RankMe / effective rank."""
     import json
 
-    from salt_cache.probe import print_report, probe_encoder
+    from salt_cache.eval.probe import probe_encoder
+    from salt_cache.eval.tables import print_report
 
     with progress("items") as bar:
         report = probe_encoder(encoder, train, val, spec=spec, epochs=epochs, batch_size=batch_size, lrs=lrs,
@@ -437,7 +438,8 @@ def select(
 ):
     """Model selection: probe every saved checkpoint of a Stage 2 run and report the student's
     training loss against probe accuracy, with the R^2 of a linear fit (the paper's Figure 3)."""
-    from salt_cache.selection import print_selection, select_checkpoints
+    from salt_cache.eval.selection import select_checkpoints
+    from salt_cache.eval.tables import print_selection
 
     with progress("it") as bar:
         result = select_checkpoints(run, list(train), list(val), out=out or run / "selection", steps=steps,

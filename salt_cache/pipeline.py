@@ -269,7 +269,8 @@ PROBE_OPTIONS = ("spec", "epochs", "batch_size", "lrs", "wds", "depth", "device"
 
 
 def _probe_run(s: StageSpec, c: Ctx) -> dict:
-    from salt_cache.probe import print_report, probe_encoder
+    from salt_cache.eval.probe import probe_encoder
+    from salt_cache.eval.tables import print_report
 
     extra = {k: s.args[k] for k in PROBE_OPTIONS if k in s.args}
     names = None

@@ -14,10 +14,9 @@ import yaml
 from typer.testing import CliRunner
 
 from salt_cache.errors import SaltCacheError
-from salt_cache.probe import (
-    FeatureSet, ProbeConfig, class_index, make_heads, probe_encoder, train_probes,
-)
-from salt_cache.selection import linear_fit, loss_at, plot_selection, read_log
+from salt_cache.eval.features import class_index
+from salt_cache.eval.probe import FeatureSet, ProbeConfig, make_heads, probe_encoder, train_probes
+from salt_cache.eval.selection import linear_fit, loss_at, plot_selection, read_log
 
 PROTOS = torch.randn(4, 16, generator=torch.Generator().manual_seed(123))
 
@@ -76,7 +75,7 @@ def test_heads_train_side_by_side_and_differ_only_by_hyperparameters():
 def test_pooling_equals_the_textbook_cross_attention():
     """The pooler works in token space (no per-token key/value projection, LayerNorm affine
     folded in); it must equal LayerNorm -> k, v projections -> softmax(q k^T / sqrt(d)) v."""
-    from salt_cache.probe import CrossAttentionBlock
+    from salt_cache.models.probe import CrossAttentionBlock
 
     torch.manual_seed(0)
     blk = CrossAttentionBlock(96, 4)
@@ -270,7 +269,7 @@ def test_probe_cli(demo, encoder, two_views, work, tmp_path):
 
 
 def test_probe_clips_follow_the_encoders_training_clip_unless_a_spec_is_given():
-    from salt_cache.probe import probe_spec
+    from salt_cache.eval.features import probe_spec
 
     trained = {"frames": 8, "frame_step": 2, "fps": None, "size": 64, "crop": "random-resized", "scale": [0.5, 1.0],
                "ratio": [0.75, 1.35], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
@@ -368,7 +367,7 @@ def test_probe_bad_inputs_are_one_line_errors(demo, encoder, tmp_path):
 def test_select_checkpoints_on_a_real_run(demo, tmp_path):
     """A real (Stage 1) run folder: same layout and log as Stage 2, and load_run_encoder reads
     every stage's checkpoints. Three checkpoints, each probed; the fit is over those points."""
-    from salt_cache.selection import select_checkpoints
+    from salt_cache.eval.selection import select_checkpoints
     from salt_cache.train.config import DataConfig, ModelConfig
     from salt_cache.train.teacher import DecoderConfig, TeacherConfig, train
     from salt_cache.video import ClipSpec
@@ -399,7 +398,7 @@ def test_select_checkpoints_on_a_real_run(demo, tmp_path):
 
     from rich.console import Console
 
-    from salt_cache.selection import print_selection
+    from salt_cache.eval.tables import print_selection
 
     text = StringIO()
     print_selection(res, Console(file=text, width=120))

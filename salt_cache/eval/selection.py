@@ -132,7 +132,7 @@ def select_checkpoints(run_dir: Path, train, val, *, spec=None, config=None, epo
     -> {"points": [{step, checkpoint, loss, loss_rows, top1, lr, wd}], "fit": {slope, intercept,
     r2, pearson_r, n}, "best": the point with the best top-1, "lowest_loss": the point with the
     lowest loss, "stage", "chance", "probe", "spec", "plot" (with `out`)}."""
-    from salt_cache.probe import probe_encoder
+    from salt_cache.eval.probe import probe_encoder
 
     run_dir = Path(run_dir)
     log = read_log(run_dir / "log.csv")
@@ -192,25 +192,3 @@ def select_checkpoints(run_dir: Path, train, val, *, spec=None, config=None, epo
                                             title=f"{run_dir.name}: {stage} loss vs. probe top-1"))
         write_json(out / "selection.json", result)
     return result
-
-
-def print_selection(result: dict, console=None) -> None:
-    """One row per checkpoint (step, loss, top-1, best head) and the fit, as rich tables."""
-    from rich.table import Table
-
-    from salt_cache.console import console as default_console
-
-    console = console or default_console
-    table = Table(title=f"checkpoints of {result['run']}")
-    for col in ("step", f"loss (last {result['loss_window']} rows)", "top-1", "lr", "wd"):
-        table.add_column(col, justify="right")
-    for p in result["points"]:
-        mark = " *" if p["step"] == result["best"]["step"] else ""
-        table.add_row(f"{p['step']}{mark}", f"{p['loss']:.4f}", f"{100 * p['top1']:.1f}", f"{p['lr']:.0e}", f"{p['wd']:g}")
-    console.print(table)
-    fit = result["fit"]
-    r2 = "n/a (needs 3+ checkpoints and varying accuracy)" if fit["r2"] is None else f"{fit['r2']:.3f}"
-    slope = "n/a" if fit["slope"] is None else f"{100 * fit['slope']:.2f} top-1 points per unit loss"
-    console.print(f"linear fit of top-1 on loss over {fit['n']} checkpoints: R^2 = {r2}, slope {slope}")
-    if result.get("plot"):
-        console.print(f"plot: {result['plot']}")
