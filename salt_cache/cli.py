@@ -13,6 +13,7 @@ from rich.table import Table
 from salt_cache import __version__
 from salt_cache.console import console, progress
 from salt_cache.errors import SaltCacheError
+from salt_cache.eval.config import ProbeConfig
 
 app = typer.Typer(
     name="salt-cache",
@@ -272,23 +273,49 @@ def inspect_cache(
         console.print(f"[yellow]stray entries in stores/:[/] {', '.join(rep['stray'])}")
 
 
+def parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
+    """'1e-3,3e-4' -> (0.001, 0.0003); None stays None; errors name the option."""
+    if value is None:
+        return None
+    out = []
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise SaltCacheError(f"{option}: expected comma-separated numbers, got {item!r}") from None
+    if not out:
+        raise SaltCacheError(f"{option}: expected at least one number")
+    return tuple(out)
+
+
+def _probe_config(**given) -> ProbeConfig:
+    """A ProbeConfig from the probe flags that were given (None: the config's default)."""
+    given["lrs"], given["wds"] = parse_floats(given.get("lrs"), "--lrs"), parse_floats(given.get("wds"), "--wds")
+    return ProbeConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+PROBE = ProbeConfig()  # the defaults the probe flags show
+
+
 @app.command()
 @user_errors
 def probe(
     encoder: Path = typer.Option(..., help="Encoder checkpoint to evaluate (a teacher.pt, a student's encoder, init-model output)."),
     train: list[str] = typer.Option(..., help="Labelled train shards: a folder, a brace pattern or a comma list (repeatable)."),
     val: list[str] = typer.Option(..., help="Labelled validation shards (repeatable)."),
-    spec: Optional[str] = typer.Option(None, help="Cache spec for the probe's clips (YAML file or name in cache_specs/); default: the encoder's training clip from its checkpoint (frames, step or fps, size, mean/std), centre crop, 1 view."),
-    epochs: Optional[int] = typer.Option(None, help="Probe epochs over the cached features (default 20)."),
-    batch_size: Optional[int] = typer.Option(None, help="Probe batch size (default 16)."),
-    lrs: Optional[str] = typer.Option(None, help="Learning rates, comma-separated (default 5e-3,1e-3,3e-4; the paper's: 5e-3,3e-3,1e-3,3e-4,1e-4)."),
-    wds: Optional[str] = typer.Option(None, help="Weight decays, comma-separated; one head per (lr, wd) (default 0.01,0.1; the paper's: 0.8,0.4,0.1,0.01)."),
-    depth: Optional[int] = typer.Option(None, help="Probe blocks: 1 = one cross-attention pooler (default); 4 = V-JEPA 2 (3 self-attention + 1 cross-attention)."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (encoding and probe training)."),
+    spec: Optional[str] = typer.Option(None, help="Cache spec for the probe's clips (YAML file or a bundled name: salt-cache specs); default: the encoder's training clip from its checkpoint (frames, step or fps, size, mean/std), centre crop, 1 view."),
+    epochs: int = typer.Option(PROBE.epochs, help="Probe epochs over the cached features."),
+    batch_size: int = typer.Option(PROBE.batch_size, help="Probe batch size."),
+    lrs: Optional[str] = typer.Option(None, help=f"Learning rates, comma-separated (default {','.join(f'{v:g}' for v in PROBE.lrs)}; the paper's: 5e-3,3e-3,1e-3,3e-4,1e-4)."),
+    wds: Optional[str] = typer.Option(None, help=f"Weight decays, comma-separated; one head per (lr, wd) (default {','.join(f'{v:g}' for v in PROBE.wds)}; the paper's: 0.8,0.4,0.1,0.01)."),
+    depth: int = typer.Option(PROBE.depth, help="Probe blocks: 1 = one cross-attention pooler; 4 = V-JEPA 2 (3 self-attention + 1 cross-attention)."),
+    device: str = typer.Option(PROBE.device, help="cpu, cuda or cuda:N (encoding and probe training)."),
     workdir: Optional[Path] = typer.Option(None, help="Folder for the feature caches, reused by later runs (default: a temporary folder)."),
     out: Optional[Path] = typer.Option(None, help="Write the report as JSON: a .json file, or a folder (gets probe.json)."),
-    encode_batch_size: int = typer.Option(8, help="Clips per encoder forward while caching features."),
-    workers: int = typer.Option(2, help="DataLoader processes decoding clips (0: decode in the main process)."),
+    encode_batch_size: int = typer.Option(PROBE.encode_batch_size, help="Clips per encoder forward while caching features."),
+    workers: int = typer.Option(PROBE.workers, help="DataLoader processes decoding clips (0: decode in the main process)."),
     json_out: bool = typer.Option(False, "--json", help="Also print the report as JSON on stdout."),
 ):
     """Frozen evaluation: an attentive probe on the encoder's cached tokens.
@@ -302,10 +329,10 @@ def probe(
     from salt_cache.eval.probe import probe_encoder
     from salt_cache.eval.tables import print_report
 
+    config = _probe_config(spec=spec, epochs=epochs, batch_size=batch_size, lrs=lrs, wds=wds, depth=depth,
+                           device=device, encode_batch_size=encode_batch_size, workers=workers)
     with progress("items") as bar:
-        report = probe_encoder(encoder, train, val, spec=spec, epochs=epochs, batch_size=batch_size, lrs=lrs,
-                               wds=wds, depth=depth, device=device, workdir=workdir, out=out,
-                               encode_batch_size=encode_batch_size, workers=workers, progress=bar)
+        report = probe_encoder(encoder, train, val, config, workdir=workdir, out=out, progress=bar)
     print_report(report)
     if out is not None:
         console.print(f"report: {out}")
@@ -432,16 +459,17 @@ def select(
     val: list[str] = typer.Option(..., help="Labelled shards to measure top-1 on (repeatable)."),
     out: Optional[Path] = typer.Option(None, help="Folder for selection.json and selection.png (default: RUN/selection)."),
     steps: Optional[list[int]] = typer.Option(None, help="Only these checkpoint steps (repeatable; default all)."),
-    epochs: Optional[int] = typer.Option(None, help="Probe epochs."),
-    device: str = typer.Option("cpu", help="Device for encoding and probing."),
-    workers: int = typer.Option(2, help="DataLoader workers decoding clips."),
+    epochs: int = typer.Option(PROBE.epochs, help="Probe epochs."),
+    device: str = typer.Option(PROBE.device, help="Device for encoding and probing."),
+    workers: int = typer.Option(PROBE.workers, help="DataLoader workers decoding clips."),
 ):
     """Model selection: probe every saved checkpoint of a Stage 2 run and report the student's
     training loss against probe accuracy, with the R^2 of a linear fit (the paper's Figure 3)."""
     from salt_cache.eval.selection import select_checkpoints
     from salt_cache.eval.tables import print_selection
 
+    config = _probe_config(epochs=epochs, device=device, workers=workers)
     with progress("it") as bar:
-        result = select_checkpoints(run, list(train), list(val), out=out or run / "selection", steps=steps,
-                                    epochs=epochs, device=device, workers=workers, progress=bar)
+        result = select_checkpoints(run, list(train), list(val), config, out=out or run / "selection", steps=steps,
+                                    progress=bar)
     print_selection(result)

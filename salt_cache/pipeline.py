@@ -269,17 +269,18 @@ PROBE_OPTIONS = ("spec", "epochs", "batch_size", "lrs", "wds", "depth", "device"
 
 
 def _probe_run(s: StageSpec, c: Ctx) -> dict:
+    from salt_cache.eval.config import ProbeConfig
     from salt_cache.eval.probe import probe_encoder
     from salt_cache.eval.tables import print_report
 
-    extra = {k: s.args[k] for k in PROBE_OPTIONS if k in s.args}
+    config = cfgio.from_dict(ProbeConfig, {k: s.args[k] for k in PROBE_OPTIONS if k in s.args}, source=f"stage {s.name!r}")
     names = None
     if s.args.get("class_names"):
         names_file = c.path(s.args["class_names"])
         names = names_file.read_text().split() if names_file.is_file() else None
     with progress("it") as bar:
-        report = probe_encoder(c.path(s.args["encoder"]), c.paths(s.args["train"]), c.paths(s.args["val"]),
-                               out=c.path(s.args["out"]), class_names=names, progress=bar, **extra)
+        report = probe_encoder(c.path(s.args["encoder"]), c.paths(s.args["train"]), c.paths(s.args["val"]), config,
+                               out=c.path(s.args["out"]), class_names=names, progress=bar)
     print_report(report)
     return {"top1": report["top1"], "chance": report["chance"]}
 

@@ -204,8 +204,8 @@ def test_probe_end_to_end_encodes_each_view_once(demo, encoder, two_views, work,
 
     spec = two_views  # 36 train + 12 val clips, 2 views each -> 96 encoder forwards
     with ForwardCounter() as count:
-        rep = probe_encoder(encoder, demo / "train", demo / "val", spec=spec, epochs=2, workdir=work,
-                            out=tmp_path / "report", workers=1, class_names=["right", "left", "grow", "shrink"])
+        rep = probe_encoder(encoder, demo / "train", demo / "val", ProbeConfig(spec=spec, epochs=2, workers=1),
+                            workdir=work, out=tmp_path / "report", class_names=["right", "left", "grow", "shrink"])
     assert count.clips == (36 + 12) * 2
     on_disk = json.loads((tmp_path / "report" / "probe.json").read_text())
     assert on_disk["top1"] == rep["top1"] and on_disk["best"]["per_class"] == rep["best"]["per_class"]
@@ -237,15 +237,16 @@ def test_probe_end_to_end_encodes_each_view_once(demo, encoder, two_views, work,
         assert len(reader.keys()) == clips and sum(len(reader.rows(k)) for k in reader.keys()) == 2 * clips
     # more epochs and other heads: the cached features are reused, the encoder never runs
     with ForwardCounter() as again:
-        rep2 = probe_encoder(encoder, demo / "train", demo / "val", spec=spec, epochs=3, lrs="1e-2", wds=[0.0],
-                             workdir=work, workers=0)
+        rep2 = probe_encoder(encoder, demo / "train", demo / "val",
+                             ProbeConfig(spec=spec, epochs=3, lrs=(1e-2,), wds=(0.0,), workers=0), workdir=work)
     assert again.clips == 0
     assert rep2["features"]["train"]["build"]["rows_built"] == 0
     assert [(h["lr"], h["wd"]) for h in rep2["heads"]] == [(1e-2, 0.0)]
     assert len(rep2["heads"][0]["history"]) == 3
     # features too big for the memory budget are read from the cache per batch: same numbers
-    lazy = probe_encoder(encoder, demo / "train", demo / "val", spec=spec, epochs=3, lrs="1e-2", wds=[0.0],
-                         workdir=work, workers=0, max_memory_gb=0)
+    lazy = probe_encoder(encoder, demo / "train", demo / "val",
+                         ProbeConfig(spec=spec, epochs=3, lrs=(1e-2,), wds=(0.0,), workers=0, max_memory_gb=0),
+                         workdir=work)
     assert lazy["heads"][0]["history"] == rep2["heads"][0]["history"]
 
 
@@ -350,18 +351,20 @@ def test_probe_bad_inputs_are_one_line_errors(demo, encoder, tmp_path):
         write_video(tmp_path / "videos" / f"clip{i}.mp4", frames=8, height=32, width=32, seed=i)
     write_shards(tmp_path / "videos", tmp_path / "unlabelled", workers=1)
     with pytest.raises(SaltCacheError, match=r"shard-000000\.tar: val clip clip0 has no label \(and 1 more"):
-        probe_encoder(encoder, demo / "train", tmp_path / "unlabelled", spec=spec, workers=0)
+        probe_encoder(encoder, demo / "train", tmp_path / "unlabelled", ProbeConfig(spec=spec, workers=0))
     res = runner.invoke(app, ["probe", "--encoder", str(encoder), "--train", str(demo / "train"),
                               "--val", str(tmp_path / "unlabelled"), "--spec", str(spec)])
     assert res.exit_code == 1 and "has no label" in res.output and len(res.output.strip().splitlines()) == 1
 
     with pytest.raises(SaltCacheError, match="same shard is in both"):
-        probe_encoder(encoder, demo / "train", demo / "train", spec=spec)
+        probe_encoder(encoder, demo / "train", demo / "train", ProbeConfig(spec=spec))
     with pytest.raises(SaltCacheError, match="clip.size 36 is not a multiple of the encoder's patch size 8"):
-        probe_encoder(encoder, demo / "train", demo / "val",
-                      spec=write_spec(tmp_path / "odd.yaml", patch_size=4, clip={"frames": 4, "frame_step": 2, "size": 36}))
-    with pytest.raises(SaltCacheError, match="--lrs: expected comma-separated numbers"):
-        probe_encoder(encoder, demo / "train", demo / "val", spec=spec, lrs="1e-3,fast")
+        probe_encoder(encoder, demo / "train", demo / "val", ProbeConfig(
+            spec=write_spec(tmp_path / "odd.yaml", patch_size=4, clip={"frames": 4, "frame_step": 2, "size": 36})))
+    res = runner.invoke(app, ["probe", "--encoder", str(encoder), "--train", str(demo / "train"),
+                              "--val", str(demo / "val"), "--spec", str(spec), "--lrs", "1e-3,fast"])
+    assert res.exit_code == 1 and "--lrs: expected comma-separated numbers, got 'fast'" in res.output
+    assert len(res.output.strip().splitlines()) == 1
 
 
 def test_select_checkpoints_on_a_real_run(demo, tmp_path):
@@ -381,9 +384,8 @@ def test_select_checkpoints_on_a_real_run(demo, tmp_path):
     train(cfg, run, show_progress=False)
     train_shards = f"{demo}/train/shard-000000.tar"
     # no spec: each checkpoint is probed on the run's own clip (config clip), centre-cropped
-    res = select_checkpoints(run, train_shards, demo / "val", epochs=2,
-                             lrs=[1e-3], wds=[0.01], workers=1, loss_window=2, workdir=tmp_path / "w",
-                             out=tmp_path / "sel")
+    res = select_checkpoints(run, train_shards, demo / "val", ProbeConfig(epochs=2, lrs=(1e-3,), wds=(0.01,), workers=1),
+                             loss_window=2, workdir=tmp_path / "w", out=tmp_path / "sel")
     assert res["spec"]["clip"]["crop"] == "center" and (res["spec"]["clip"]["frames"], res["spec"]["clip"]["size"]) == (4, 32)
     log = read_log(run / "log.csv")
     assert [p["step"] for p in res["points"]] == [1, 2, 3]

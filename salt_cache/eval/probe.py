@@ -21,17 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from salt_cache.config import from_dict, to_dict
+from salt_cache.config import to_dict
 from salt_cache.errors import SaltCacheError
+from salt_cache.eval.config import ProbeConfig
 from salt_cache.eval.features import (
     _digest, build_features, check_labelled, class_index, encode_split, encoder_checkpoint, load_split, probe_spec,
 )
 from salt_cache.models.probe import AttentiveProbe, ProbeHeads
 from salt_cache.shards import task_info
 
-# V-JEPA 2's probe grid (the SALT paper's Table 6): 5 x 4 = 20 heads
-PAPER_LRS = (5e-3, 3e-3, 1e-3, 3e-4, 1e-4)
-PAPER_WDS = (0.8, 0.4, 0.1, 0.01)
 # one binomial standard error of the best head's top-1 above this many points earns a warning
 MAX_SE_POINTS = 2.5
 RANK_ROWS = 1024  # feature rows (clip x view) per split behind the report's RankMe / effective rank
@@ -56,50 +54,6 @@ def head_param_groups(heads: ProbeHeads, grid: list[tuple[float, float]]) -> lis
         groups.append({"params": decay, "lr": lr, "base_lr": lr, "weight_decay": wd, "head": i})
         groups.append({"params": no_decay, "lr": lr, "base_lr": lr, "weight_decay": 0.0, "head": i})
     return groups
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """How the probes are trained. The heads are the grid lrs x wds, or `heads` [[lr, wd], ...]
-    when given. V-JEPA 2: depth 4, 20 epochs, lrs PAPER_LRS, wds PAPER_WDS, cosine to zero."""
-
-    depth: int = 1
-    num_heads: int | None = None  # attention heads; None: the encoder's, else default_num_heads
-    mlp_ratio: float = 4.0
-    epochs: int = 20
-    batch_size: int = 16
-    lrs: tuple[float, ...] = (5e-3, 1e-3, 3e-4)
-    wds: tuple[float, ...] = (0.01, 0.1)
-    heads: list[tuple[float, float]] | None = None
-    warmup_epochs: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.depth < 1:
-            problems.append(f"depth: expected >= 1, got {self.depth}")
-        if self.epochs < 1:
-            problems.append(f"epochs: expected >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            problems.append(f"batch_size: expected >= 1, got {self.batch_size}")
-        if self.warmup_epochs < 0:
-            problems.append(f"warmup_epochs: expected >= 0, got {self.warmup_epochs}")
-        grid = self.grid()
-        if not grid:
-            problems.append("lrs: expected at least one learning rate and one weight decay")
-        for lr, wd in grid:
-            if not (lr > 0 and math.isfinite(lr)):
-                problems.append(f"lrs: expected positive learning rates, got {lr}")
-            if not (wd >= 0 and math.isfinite(wd)):
-                problems.append(f"wds: expected weight decays >= 0, got {wd}")
-        if problems:
-            raise SaltCacheError("; ".join(problems))
-
-    def grid(self) -> list[tuple[float, float]]:
-        if self.heads is not None:
-            return [(float(lr), float(wd)) for lr, wd in self.heads]
-        return [(float(lr), float(wd)) for lr in self.lrs for wd in self.wds]
 
 
 class FeatureSet:
@@ -238,21 +192,16 @@ def per_class_accuracy(pred: np.ndarray, target: np.ndarray, names: list) -> dic
     return out
 
 
-def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeConfig | None = None,
-                  epochs: int | None = None, batch_size: int | None = None, lrs=None, wds=None,
-                  depth: int | None = None, device: str = "cpu", workdir: Path | None = None,
-                  out: Path | None = None, encode_batch_size: int = 8, workers: int = 2,
-                  class_names: list[str] | None = None, max_memory_gb: float = 8.0,
+def probe_encoder(encoder_ckpt: Path, train, val, config: ProbeConfig = ProbeConfig(), *,
+                  workdir: Path | None = None, out: Path | None = None, class_names: list[str] | None = None,
                   progress=None) -> dict:
-    """Frozen evaluation of an encoder checkpoint with an attentive probe.
+    """Frozen evaluation of an encoder checkpoint with attentive probes, as `config` says.
 
     encoder_ckpt: an encoder checkpoint, or a training run's checkpoint or folder (its encoder is
     extracted, see `encoder_checkpoint`); train / val: labelled shards (a folder,
     brace pattern, comma list or list). Features are cached under `workdir` (default: a temporary
-    folder, removed afterwards); `spec` as in `probe_spec` (None: the checkpoint's training clip,
-    centre crop, one view); `epochs`, `batch_size`, `lrs`, `wds` (sequences or '1e-3,3e-4'
-    strings), `depth` override fields of `config`. `class_names[i]` names integer label i in the
-    report (default: the "classes" of the val data's task.json, see `shards.task_info`).
+    folder, removed afterwards). `class_names[i]` names integer label i in the report (default:
+    the "classes" of the val data's task.json, see `shards.task_info`).
 
     Returns the report (also written as JSON to `out`, a .json file or a folder): the best
     head's top-1 (chosen on val, "selection") with its binomial standard error ("top1_se") and
@@ -264,12 +213,7 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
     from salt_cache.shards import resolve_shards
 
     t_start = time.perf_counter()
-    config = config or ProbeConfig()
-    over = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, depth=depth,
-                                   lrs=None if lrs is None else parse_floats(lrs, "--lrs"),
-                                   wds=None if wds is None else parse_floats(wds, "--wds")).items() if v is not None}
-    if over:
-        config = from_dict(ProbeConfig, {**to_dict(config), **over}, source="probe")
+    spec = config.spec
     given = Path(encoder_ckpt)
     if not given.exists():
         raise SaltCacheError(f"{given}: checkpoint not found")
@@ -295,8 +239,8 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
         t0 = time.perf_counter()
         for split, ps in paths.items():
             cache_dir = root / f"{split}-{_digest([str(p.resolve()) for p in ps])[:8]}"
-            build = encode_split(encoder_ckpt, ps, spec, cache_dir, batch_size=encode_batch_size,
-                                 workers=workers, device=device, progress=progress)
+            build = encode_split(encoder_ckpt, ps, spec, cache_dir, batch_size=config.encode_batch_size,
+                                 workers=config.workers, device=config.device, progress=progress)
             keys, refs, labels, reader = load_split(cache_dir, split)
             n_clips = clip_counts[split]
             if not keys:
@@ -312,12 +256,12 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
         classes, index, note = class_index(loaded["train"][2], loaded["val"][2])
         if note:
             notes.append(note)
-        data = {s: build_features(*loaded[s], index, max_memory_gb * 2**30) for s in ("train", "val")}
+        data = {s: build_features(*loaded[s], index, config.max_memory_gb * 2**30) for s in ("train", "val")}
         t0 = time.perf_counter()
         ranks = {s: split_ranks(data[s]) for s in ("train", "val")}
         t_ranks = time.perf_counter() - t0
         t0 = time.perf_counter()
-        run = train_probes(data["train"], data["val"], len(classes), config, device=device, progress=progress)
+        run = train_probes(data["train"], data["val"], len(classes), config, device=config.device, progress=progress)
         t_train = time.perf_counter() - t0
     finally:
         if tmp is not None:
@@ -340,7 +284,7 @@ def probe_encoder(encoder_ckpt: Path, train, val, *, spec=None, config: ProbeCon
         "data": {split: [str(p) for p in ps] for split, ps in paths.items()},
         "spec": to_dict(spec),
         "spec_from": spec_from,
-        "probe": to_dict(config),
+        "probe": {**to_dict(config), "spec": None if config.spec is None else str(config.spec)},
         "features": features,
         "classes": [str(n) for n in names],
         "num_classes": len(classes),
@@ -402,19 +346,3 @@ def write_report(report: dict, out: Path, name: str = "probe.json") -> Path:
     path = out if out.suffix == ".json" else out / name
     write_json(path, report)
     return path
-def parse_floats(value, option: str) -> tuple[float, ...]:
-    """'1e-3,3e-4' (or a sequence of numbers) -> (0.001, 0.0003); errors name the option."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    out = []
-    for item in items:
-        if isinstance(item, str) and not item.strip():
-            continue
-        try:
-            out.append(float(item))
-        except (TypeError, ValueError):
-            raise SaltCacheError(f"{option}: expected comma-separated numbers, got {item!r}") from None
-    if not out:
-        raise SaltCacheError(f"{option}: expected at least one number")
-    return tuple(out)
-
-

@@ -117,23 +117,22 @@ def plot_selection(points: list[dict], fit: dict, path: Path, title: str = "", s
     return path
 
 
-def select_checkpoints(run_dir: Path, train, val, *, spec=None, config=None, epochs: int | None = None,
-                       batch_size: int | None = None, lrs=None, wds=None, depth: int | None = None,
-                       device: str = "cpu", workdir: Path | None = None, out: Path | None = None,
-                       loss_window: int = 20, steps: list[int] | None = None, encode_batch_size: int = 8,
-                       workers: int = 2, progress=None) -> dict:
+def select_checkpoints(run_dir: Path, train, val, config=None, *, steps: list[int] | None = None,
+                       loss_window: int = 20, workdir: Path | None = None, out: Path | None = None,
+                       progress=None) -> dict:
     """Probe each checkpoint of a Stage 2 run and relate its accuracy to the training loss.
 
     run_dir: a run folder (log.csv, checkpoints/step-NNNNNNN.pt); train / val: labelled shards;
-    steps: only these checkpoint steps (default all); the probe arguments are those of
-    `probe_encoder`, the same for every checkpoint. Each checkpoint's encoder is saved as an
-    encoder checkpoint and encoded into its own feature cache, both under `workdir` (default: a
-    temporary folder). `out` (a folder) receives selection.json and selection.png.
+    config: the `ProbeConfig` of every probe (default: its defaults); steps: only these checkpoint
+    steps (default all). Each checkpoint's encoder is saved as an encoder checkpoint and encoded
+    into its own feature cache, both under `workdir` (default: a temporary folder). `out` (a
+    folder) receives selection.json and selection.png.
     -> {"points": [{step, checkpoint, loss, loss_rows, top1, lr, wd}], "fit": {slope, intercept,
     r2, pearson_r, n}, "best": the point with the best top-1, "lowest_loss": the point with the
     lowest loss, "stage", "chance", "probe", "spec", "plot" (with `out`)}."""
-    from salt_cache.eval.probe import probe_encoder
+    from salt_cache.eval.probe import ProbeConfig, probe_encoder
 
+    config = config or ProbeConfig()
     run_dir = Path(run_dir)
     log = read_log(run_dir / "log.csv")
     ckpts = list_checkpoints(run_dir)
@@ -159,10 +158,7 @@ def select_checkpoints(run_dir: Path, train, val, *, spec=None, config=None, epo
             loss, used = losses[step]
             # the run's encoder is saved as an encoder checkpoint under workdir/encoders, then
             # encoded into its own feature cache under workdir
-            report = probe_encoder(path, train, val, spec=spec, config=config, epochs=epochs,
-                                   batch_size=batch_size, lrs=lrs, wds=wds, depth=depth, device=device,
-                                   workdir=workdir, encode_batch_size=encode_batch_size,
-                                   workers=workers, progress=progress)
+            report = probe_encoder(path, train, val, config, workdir=workdir, progress=progress)
             stages.add(report["encoder"]["stage"] or "student")
             reports.append(report)
             points.append({"step": step, "checkpoint": str(path), "loss": loss, "loss_rows": used,
