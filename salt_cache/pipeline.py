@@ -191,22 +191,28 @@ def _train_config(s: StageSpec, c: Ctx, cls, extra_flags: dict):
     return load_run_config(cls, flags=flags, sets=list(s.args.get("set") or []), base=conf)
 
 
-def _encoder_done(filename: str) -> Callable:
-    return lambda s, c: (c.path(s.args["out"]) / filename).is_file()
+def _run_finished(export: str) -> Callable:
+    def done(s: StageSpec, c: Ctx) -> bool:
+        from salt_cache.train.runs import RunFolder
+
+        return RunFolder(c.path(s.args["out"])).finished(export)
+    return done
 
 
 def _teacher_run(s: StageSpec, c: Ctx) -> dict:
+    from salt_cache.train.runs import RunFolder
     from salt_cache.train.teacher import TeacherConfig, print_summary, train
 
     out = c.path(s.args["out"])
     cfg = _train_config(s, c, TeacherConfig, {})
-    summary = train(cfg, out, resume=(out / "checkpoints" / "last.pt").is_file())
+    summary = train(cfg, out, resume=RunFolder(out).can_resume())
     print_summary(summary)
     return {k: summary.get(k) for k in ("loss", "val_loss", "end_step", "teacher")}
 
 
 def _student_run(s: StageSpec, c: Ctx) -> dict:
     """Stage 2 on a cache, or with `ema: true` (and no cache) the V-JEPA baseline."""
+    from salt_cache.train.runs import RunFolder
     from salt_cache.train.student import StudentConfig, print_summary, train
 
     out = c.path(s.args["out"])
@@ -216,7 +222,7 @@ def _student_run(s: StageSpec, c: Ctx) -> dict:
                              "exactly one")
     flags = {"ema.enabled": True} if ema else {"cache": str(c.path(s.args["cache"]))}
     cfg = _train_config(s, c, StudentConfig, flags)
-    summary = train(cfg, out, resume=(out / "checkpoints" / "last.pt").is_file())
+    summary = train(cfg, out, resume=RunFolder(out).can_resume())
     print_summary(summary)
     return {k: summary.get(k) for k in ("mode", "loss", "val_loss", "end_step", "student", "online", "data_wait_frac")}
 
@@ -308,10 +314,10 @@ KINDS: dict[str, Kind] = {
     "init-model": Kind(_init_run, _init_done, ("out", "model"),
                        ("patch_size", "tubelet_size", "pos_embed", "seed", "frames", "frame_step", "size")),
     "shards": Kind(_shards_run, _shards_done, ("src", "out"), ("shard_size", "workers")),
-    "train-teacher": Kind(_teacher_run, _encoder_done("teacher.pt"), ("out", "train"), ("val", "config", "set")),
+    "train-teacher": Kind(_teacher_run, _run_finished("teacher"), ("out", "train"), ("val", "config", "set")),
     "build": Kind(_build_run, _build_done, ("teacher", "data", "spec", "out"), ("batch_size", "workers", "device")),
     "verify": Kind(_verify_run, _verify_done, ("cache",), ("data", "teacher", "sample", "out")),
-    "train-student": Kind(_student_run, _encoder_done("student.pt"), ("out", "train"), ("cache", "ema", "val", "config", "set")),
+    "train-student": Kind(_student_run, _run_finished("student"), ("out", "train"), ("cache", "ema", "val", "config", "set")),
     "probe": Kind(_probe_run, _probe_done, ("encoder", "train", "val", "out"), PROBE_OPTIONS + ("class_names",)),
     "report": Kind(_report_run, None, ("teacher_run", "student_run", "teacher_probe", "student_probe"),
                    ("baseline_probe", "out")),

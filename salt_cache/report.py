@@ -22,12 +22,15 @@ def plot_losses(runs: dict[str, Path], path: Path) -> Path:
     """One panel per run: train loss (log.csv) and validation loss (val.csv) against step."""
     import matplotlib
 
+    from salt_cache.train.runs import RunFolder
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 3.6), squeeze=False)
     for ax, (label, run) in zip(axes[0], runs.items()):
-        log, val = _read_csv(run / "log.csv"), _read_csv(run / "val.csv")
+        folder = RunFolder(run)
+        log, val = _read_csv(folder.log), _read_csv(folder.val_log)
         if log:
             ax.plot([r["step"] for r in log], [r["loss"] for r in log], label="train loss")
         if val:

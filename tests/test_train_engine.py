@@ -20,7 +20,7 @@ from salt_cache.shards import iter_shard, resolve_shards, shard_keys
 from salt_cache.train.config import load_run_config
 from salt_cache.train.data import PlanAndDecode, TrainStream, split_samples
 from salt_cache.train.optim import lr_at, make_optimizer, param_groups, set_schedule, wd_at
-from salt_cache.train.runs import load_run_encoder, read_log, run_checkpoints
+from salt_cache.train.runs import RunFolder, load_run_encoder, read_log
 from salt_cache.train.teacher import TeacherConfig, build_model, train
 from conftest import torchrun_cli
 
@@ -210,12 +210,12 @@ def test_stopped_and_resumed_run_logs_exactly_the_same_losses(straight, tmp_path
     assert 1 < ranks["rankme_clip"] <= 4 < ranks["rankme_token"] <= 96 and 1 < ranks["erank_token"] <= 96
     ta, tb = (torch.load(p / "teacher.pt", weights_only=True)["state_dict"] for p in (ref, out))
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
-    assert [s for s, _ in run_checkpoints(out)] == [3, 6]
+    assert [s for s, _ in RunFolder(out).step_checkpoints()] == [3, 6]
 
 
 def test_run_checkpoint_rebuilds_the_encoder(straight):
     _, ref = straight
-    (step, path), = [c for c in run_checkpoints(ref) if c[0] == 6]
+    (step, path), = [c for c in RunFolder(ref).step_checkpoints() if c[0] == 6]
     encoder, meta = load_run_encoder(path)
     assert meta["kind"] == "run-state" and meta["stage"] == "teacher" and meta["step"] == 6
     assert meta["config"]["model"]["name"] == "micro" and math.isfinite(meta["val_loss"])
@@ -225,7 +225,7 @@ def test_run_checkpoint_rebuilds_the_encoder(straight):
     assert ckpt["kind"] == "run-state" and set(ckpt["models"]) == {"encoder", "decoder"}
     assert isinstance(ckpt["ranks"][0]["rng"]["numpy"]["keys"], list)
     assert ckpt["ranks"][0]["data"]["consumed_batches"] == 6
-    mid, _ = load_run_encoder(run_checkpoints(ref)[0][1])
+    mid, _ = load_run_encoder(RunFolder(ref).step_checkpoints()[0][1])
     assert not torch.equal(mid.state_dict()["norm.weight"], encoder.state_dict()["norm.weight"])
 
 

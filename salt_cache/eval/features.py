@@ -113,10 +113,10 @@ def encoder_checkpoint(path: Path, workdir: Path) -> tuple[Path, dict, dict]:
             return path, ckpt["config"], {"kind": "encoder", "stage": meta.get("stage"), "step": meta.get("step"),
                                           "clip": meta.get("clip"), "clip_from": f"{path.name} meta.clip"}
         del ckpt
-    from salt_cache.train.runs import load_run_encoder
+    from salt_cache.train.runs import RunFolder, load_run_encoder
 
     model, meta = load_run_encoder(path)
-    source = path / "checkpoints" / "last.pt" if path.is_dir() else path
+    source = RunFolder.state_file(path)
     # a Stage 2 run records the clips it saw (a cache's views); else the run config's clip
     clip = meta.get("clip") or (meta.get("config") or {}).get("clip")
     out = Path(workdir) / "encoders" / f"{file_sha256(source)[:12]}.pt"

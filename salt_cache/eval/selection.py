@@ -75,14 +75,14 @@ def linear_fit(x, y) -> dict:
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """RUN/checkpoints/step-NNNNNNN.pt -> [(step, path)] sorted by step."""
-    from salt_cache.train.runs import run_checkpoints
+    from salt_cache.train.runs import RunFolder
 
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
+    run = RunFolder(run_dir)
+    if not run.checkpoints.is_dir():
         raise SaltCacheError(f"{run_dir}: not a training run (no checkpoints/ folder)")
-    found = run_checkpoints(Path(run_dir))
+    found = run.step_checkpoints()
     if not found:
-        raise SaltCacheError(f"{folder}: no step-NNNNNNN.pt checkpoints")
+        raise SaltCacheError(f"{run.checkpoints}: no step-NNNNNNN.pt checkpoints")
     return found
 
 
@@ -133,8 +133,11 @@ def select_checkpoints(run_dir: Path, train, val, config=None, *, steps: list[in
     from salt_cache.eval.probe import ProbeConfig, probe_encoder
 
     config = config or ProbeConfig()
+    from salt_cache.train.runs import RunFolder
+
     run_dir = Path(run_dir)
-    log = read_log(run_dir / "log.csv")
+    log_path = RunFolder(run_dir).log
+    log = read_log(log_path)
     ckpts = list_checkpoints(run_dir)
     if steps is not None:
         wanted = set(int(s) for s in steps)
@@ -146,7 +149,7 @@ def select_checkpoints(run_dir: Path, train, val, config=None, *, steps: list[in
     for step, path in ckpts:  # every pairing is checked before the first (costly) probe
         losses[step] = loss_at(log, step, loss_window)
         if losses[step][1] == 0:
-            raise SaltCacheError(f"{run_dir / 'log.csv'}: no logged loss at or before step {step} ({path.name})")
+            raise SaltCacheError(f"{log_path}: no logged loss at or before step {step} ({path.name})")
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="salt-select-")

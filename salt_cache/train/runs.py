@@ -1,4 +1,5 @@
-"""Run folders, run-state checkpoints and exact resume.
+"""Run folders, run-state checkpoints and exact resume. `RunFolder` is the one owner of the
+layout below: every other module (recipes, the probe, selection, reports) asks it for a path.
 
 RUN/
   config.yaml                  the resolved config (every default written out)
@@ -8,7 +9,9 @@ RUN/
                                rankme_clip, erank_token, erank_clip; `engine.evaluate`)
   checkpoints/step-NNNNNNN.pt  run state every ckpt_every steps (and at the end / at --stop-at)
   checkpoints/last.pt          the newest run state
-  pictures/, teacher.pt, ...   what the stage adds
+  summary.json                 the stage's summary when a session ends
+  <export>.pt                  the encoder a finished run hands on (teacher.pt, student.pt, online.pt)
+  pictures/step-NNNNNNN.png    what the stage draws at checkpoints (Stage 1 reconstructions)
 
 A run-state checkpoint is a plain dict (tensors, dicts, lists, numbers, strings) loadable with
 `torch.load(weights_only=True)`:
@@ -27,6 +30,7 @@ from __future__ import annotations
 import csv
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +47,86 @@ from salt_cache.train.config import config_diff, load_run_config, plain
 CKPT_PATTERN = "step-{:07d}.pt"
 
 
+@dataclass(frozen=True)
+class RunFolder:
+    """Where everything of a run lies (see the module docstring). Pure paths: nothing is read or
+    written on construction."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.csv"
+
+    @property
+    def val_log(self) -> Path:
+        return self.root / "val.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / CKPT_PATTERN.format(step)
+
+    def picture(self, step: int) -> Path:
+        return self.root / "pictures" / CKPT_PATTERN.format(step).replace(".pt", ".png")
+
+    def export(self, name: str) -> Path:
+        """The encoder file a finished run hands on: "teacher", "student", "online" -> RUN/<name>.pt."""
+        return self.root / f"{name}.pt"
+
+    def can_resume(self) -> bool:
+        """A run state to continue from exists."""
+        return self.last.is_file()
+
+    def finished(self, export: str) -> bool:
+        """The run ran to its last step: its export exists (what recipes ask)."""
+        return self.export(export).is_file()
+
+    def step_checkpoints(self) -> list[tuple[int, Path]]:
+        """(step, path) of every step checkpoint, by step."""
+        found = []
+        for p in self.checkpoints.glob("step-*.pt"):
+            m = re.fullmatch(r"step-(\d+)\.pt", p.name)
+            if m:
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    @staticmethod
+    def state_file(path: Path) -> Path:
+        """A run folder -> its newest run state; a checkpoint file stays itself."""
+        path = Path(path)
+        return RunFolder(path).last if path.is_dir() else path
+
+    @staticmethod
+    def of_checkpoint(path: Path) -> "RunFolder":
+        """The run folder a run-state checkpoint belongs to (RUN/checkpoints/x.pt -> RUN)."""
+        return RunFolder(Path(path).parent.parent)
+
+
 def resolve_config(cls: type, out: Path, config_path: Path | None, resume: bool, flags: dict | None = None,
                    sets: list[str] | None = None):
     """The config of a run: --config YAML, or on --resume without one the run's own
     config.yaml; then explicit flags and --set overrides on top."""
     base = None
     if config_path is None and resume:
-        stored = Path(out) / "config.yaml"
+        stored = RunFolder(out).config
         if not stored.is_file():
             raise SaltCacheError(f"{out}: nothing to resume (no config.yaml in this folder)")
         base = yaml.safe_load(stored.read_text()) or {}
@@ -90,12 +167,12 @@ class Run:
     def __init__(self, out: Path, config, env: dist.DistEnv, stage: str, log_columns: list[str],
                  val_columns: list[str], resume: bool = False):
         self.dir, self.config, self.env, self.stage = Path(out), config, env, stage
-        self.ckpt_dir = self.dir / "checkpoints"
-        self.log_path, self.val_path = self.dir / "log.csv", self.dir / "val.csv"
+        self.folder = RunFolder(self.dir)
+        self.log_path, self.val_path = self.folder.log, self.folder.val_log
         self.log_columns, self.val_columns = list(log_columns), list(val_columns)
         self.state: dict | None = None
         self.step = 0
-        last = self.ckpt_dir / "last.pt"
+        last = self.folder.last
         if resume:
             if not last.is_file():
                 raise SaltCacheError(f"{self.dir}: nothing to resume (no checkpoints/last.pt)")
@@ -106,7 +183,7 @@ class Run:
         dist.barrier(env)  # every rank has checked the folder before rank 0 writes to it
         if env.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "config.yaml").write_text(yaml.safe_dump(plain(config), sort_keys=False))
+            self.folder.config.write_text(yaml.safe_dump(plain(config), sort_keys=False))
             _start_csv(self.log_path, self.log_columns, self.step)
             _start_csv(self.val_path, self.val_columns, self.step)
 
@@ -174,13 +251,10 @@ class Run:
             "optimizer": _cpu(optimizer.state_dict()), "interval": interval,
             "ranks": [_cpu(r) for r in ranks], "meta": plain(meta or {}),
         }
-        path = self.ckpt_dir / CKPT_PATTERN.format(step)
+        path = self.folder.checkpoint(step)
         atomic_save(state, path)
-        atomic_save(state, self.ckpt_dir / "last.pt")
+        atomic_save(state, self.folder.last)
         return path
-
-    def picture_path(self, step: int) -> Path:
-        return self.dir / "pictures" / CKPT_PATTERN.format(step).replace(".pt", ".png")
 
 
 def _cpu(obj):
@@ -237,25 +311,13 @@ def read_log(path: Path) -> list[dict]:
                 for r in csv.DictReader(f)]
 
 
-def run_checkpoints(run: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every step checkpoint of a run folder, by step."""
-    found = []
-    for p in (Path(run) / "checkpoints").glob("step-*.pt"):
-        m = re.fullmatch(r"step-(\d+)\.pt", p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
 def load_run_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[VideoViT, dict]:
     """Any run checkpoint (or a run folder: its checkpoints/last.pt, or an encoder checkpoint)
     -> (encoder in eval mode on `device`, meta). meta: kind, stage, step, run, config (the run's),
     "encoder" (which of the run's encoders), plus the checkpoint's own meta (e.g. the last
     validation loss). An EMA run gives its target encoder, as its student.pt does (V-JEPA 2
     evaluates the target encoder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+    path = RunFolder.state_file(path)
     ckpt = load_checkpoint(path)
     if ckpt.get("kind") == "encoder":
         model, info = load_encoder(path, device)
@@ -268,7 +330,7 @@ def load_run_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[Vi
         model.load_state_dict(ckpt["models"][which])
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise SaltCacheError(f"{path}: run checkpoint has no usable encoder ({str(e).splitlines()[0][:160]})") from None
-    meta = {"kind": "run-state", "stage": ckpt.get("stage"), "step": int(ckpt["step"]), "run": str(path.parent.parent),
+    meta = {"kind": "run-state", "stage": ckpt.get("stage"), "step": int(ckpt["step"]), "run": str(RunFolder.of_checkpoint(path).root),
             "config": ckpt.get("config"), "encoder": which, **ckpt.get("meta", {})}
     return model.to(device).eval(), meta
 

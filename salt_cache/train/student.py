@@ -48,6 +48,7 @@ from salt_cache.train.runs import Run, print_run_summary
 from salt_cache.video import decode_view, view_rng
 
 STAGE = "student"
+EXPORT = "student"  # a finished run hands on RUN/student.pt (and RUN/online.pt with --ema)
 LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss}
 
 
@@ -333,17 +334,17 @@ def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, 
                 "train_loss": loss, "val_loss": val_loss, "config": plain(config)}
         if config.ema.enabled:
             # V-JEPA 2 evaluates its target_encoder frozen: that is the student this run hands on
-            student = save_encoder(out / "student.pt", model.teacher, meta={
+            student = save_encoder(run.folder.export(EXPORT), model.teacher, meta={
                 **meta, "encoder": "target_encoder: the EMA of the online student (V-JEPA 2 evaluates this one)",
                 "ema": plain(config.ema)})
-            online = save_encoder(out / "online.pt", model.student, meta={
+            online = save_encoder(run.folder.export("online"), model.student, meta={
                 **meta, "encoder": "online student (the network the optimizer trained)", "ema": plain(config.ema)})
             summary["online"] = str(online)
         else:
-            student = save_encoder(out / "student.pt", model.student, meta=meta)
+            student = save_encoder(run.folder.export(EXPORT), model.student, meta=meta)
         summary["student"] = str(student)
     if env.is_main:
-        write_json(out / "summary.json", summary)
+        write_json(run.folder.summary, summary)
     return summary
 
 

@@ -33,6 +33,7 @@ from salt_cache.train.optim import make_optimizer
 from salt_cache.train.runs import Run, print_run_summary
 
 STAGE = "teacher"
+EXPORT = "teacher"  # a finished run hands on RUN/teacher.pt
 EPS = 1e-6
 
 
@@ -213,7 +214,7 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
     def picture(step: int) -> None:
         pic = val.batch(0) if val is not None else last_batch
         if pic is not None:
-            save_picture(model, to_device(pic, env.device), run.picture_path(step), step)
+            save_picture(model, to_device(pic, env.device), run.folder.picture(step), step)
 
     summary = {"run": str(out), "rank": env.rank, "world_size": env.world_size, "start_step": run.step,
                "steps": config.steps}
@@ -224,13 +225,13 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
     summary["wall_s"] = time.perf_counter() - t_start
     end, loss, val_loss = summary["end_step"], summary["loss"], summary["val_loss"]
     if end == config.steps and env.is_main:
-        teacher = save_encoder(out / "teacher.pt", model.encoder, meta={
+        teacher = save_encoder(run.folder.export(EXPORT), model.encoder, meta={
             "origin": "train-teacher", "stage": STAGE, "run": str(out.resolve()), "step": end,
             "clip": plain(config.clip), "masks": plain(config.masks), "decoder": dict(model.decoder.config),
             "norm_pix": config.norm_pix, "train_loss": loss, "val_loss": val_loss, "config": plain(config)})
         summary["teacher"] = str(teacher)
     if env.is_main:
-        write_json(out / "summary.json", summary)
+        write_json(run.folder.summary, summary)
     return summary
 
 
