@@ -17,10 +17,10 @@ A stage's `train()` (teacher.py is the reference) keeps this order; the comments
   5. TrainData(..., state=run.data_state()) and ValSet with the stage's sample stage.
   6. compile in place (module.compile keeps state-dict keys), then dist.wrap.
   7. run.restore_rng() LAST: building models and loaders must not shift a resumed RNG.
-  8. Per step: set_schedule -> train_step -> on_step (e.g. the EMA target update, every rank) ->
-     interval.add / run.log -> evaluate(bare model) ->
-     run.save on EVERY rank (it gathers RNG and data positions) -> pictures on rank 0 in eval
-     mode (nothing periodic may draw random numbers, or resume stops being exact).
+  8. fit(Stage(...), run): per step set_schedule -> train_step -> on_step (e.g. the EMA target
+     update, every rank) -> interval.add / run.log -> evaluate(bare model) ->
+     run.save on EVERY rank (it gathers RNG and data positions) -> on_checkpoint (pictures) on
+     rank 0 in eval mode (nothing periodic may draw random numbers, or resume stops being exact).
   9. Export the encoder on rank 0 (`checkpoint.save_encoder`).
 """
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -233,41 +233,69 @@ def val_columns(set_names: list[str], ranks: bool = True) -> list[str]:
     return ["step", "val_loss"] + [f"val_loss_{n}" for n in set_names] + (list(RANK_KEYS) if ranks else [])
 
 
-def fit(*, config, env: dist.DistEnv, run, net: nn.Module, model: nn.Module, modules: dict[str, nn.Module],
-        optimizer: torch.optim.Optimizer, data, val: ValSet | None, interval: Interval, fetch: Callable[[], dict],
-        stop_at: int | None, title: str, model_configs: dict, meta: dict,
-        on_checkpoint: Callable[[int], None] | None = None, on_step: Callable[[int], None] | None = None,
-        show_progress: bool = True) -> dict:
-    """The step loop both stages share: schedule -> step -> log row -> validation -> checkpoint.
+@dataclass
+class Stage:
+    """What `fit` trains, in one object. `model.forward(batch) -> (loss, per_set)` is the loss
+    (module docstring); `config` (a TrainConfig) holds the schedule (steps, optim, grad_accum,
+    bf16, log / val / checkpoint cadence).
 
-    `net` is what steps (the DDP wrapper under torchrun), `model` the bare module (evaluation),
-    `modules` what checkpoints hold. `on_step(step)` runs on every rank right after optimizer
-    step `step` (0-based; e.g. the EMA target update); `on_checkpoint(step)` runs on rank 0 after
-    each checkpoint. Neither may draw random numbers. Returns {"end_step", "loss", "val_loss",
-    "data_wait_frac"}."""
+    model: the bare module (evaluation); net: what steps (the DDP wrapper under torchrun, else
+    model); modules: what run checkpoints hold; data / val: the loaders; interval: the log
+    averages (restored by the stage when resuming); model_configs, meta: stored with every
+    checkpoint. Hooks, neither of which may draw random numbers: on_step(step) on every rank
+    right after optimizer step `step` (0-based; e.g. the EMA target update); on_checkpoint(step,
+    last batch) on rank 0 after each checkpoint (e.g. pictures)."""
+
+    title: str
+    config: object
+    model: nn.Module
+    net: nn.Module
+    modules: dict[str, nn.Module]
+    optimizer: torch.optim.Optimizer
+    data: object
+    val: ValSet | None
+    interval: Interval
+    model_configs: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    on_step: Callable[[int], None] | None = None
+    on_checkpoint: Callable[[int, dict | None], None] | None = None
+
+
+def fit(stage: Stage, run, stop_at: int | None = None, show_progress: bool = True) -> dict:
+    """The step loop both stages share: schedule -> step -> log row -> validation -> checkpoint,
+    from the run's step (0, or where a resumed run stopped) to `stop_at` or the last step.
+    Returns {"end_step", "loss", "val_loss", "data_wait_frac"}."""
     from salt_cache.console import progress
     from salt_cache.train.optim import set_schedule
 
+    config, env, data, val, interval = stage.config, run.env, stage.data, stage.val, stage.interval
     names = interval.set_names
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in stage.model.parameters() if p.requires_grad]
     end = min(config.steps, stop_at) if stop_at else config.steps
     if end <= run.step and run.step < config.steps:
         raise SaltCacheError(f"--stop-at {stop_at}: the run is already at step {run.step}")
     prior = run.state["meta"] if run.state is not None else {}
     loss, val_loss = prior.get("loss"), prior.get("val_loss")
     wait_total, step_total = 0.0, 0.0
+    last_batch: dict | None = None
+
+    def fetch() -> dict:
+        nonlocal last_batch
+        last_batch = to_device(data.next(), env.device, non_blocking=True)
+        return last_batch
+
     bar = progress("steps") if env.is_main and show_progress else None
-    task = bar.add_task(title, total=end, completed=run.step) if bar else None
+    task = bar.add_task(stage.title, total=end, completed=run.step) if bar else None
     if bar:
         bar.start()
     try:
         for step in range(run.step, end):
             t_step = time.perf_counter()
-            lr, wd = set_schedule(optimizer, step, config.optim, config.steps)
-            result = train_step(net, optimizer, fetch, accum=config.grad_accum, params=params,
+            lr, wd = set_schedule(stage.optimizer, step, config.optim, config.steps)
+            result = train_step(stage.net, stage.optimizer, fetch, accum=config.grad_accum, params=params,
                                 clip_grad=config.optim.clip_grad, env=env, bf16=config.bf16, step=step)
-            if on_step is not None:
-                on_step(step)
+            if stage.on_step is not None:
+                stage.on_step(step)
             step_total += time.perf_counter() - t_step
             done = step + 1
             loss = result.loss
@@ -277,18 +305,18 @@ def fit(*, config, env: dist.DistEnv, run, net: nn.Module, model: nn.Module, mod
                 wait_total += wait_s
                 run.log(interval.row(done, lr, wd, wait_s, skipped))
             if val is not None and (done % config.val_every == 0 or done == config.steps):
-                v = evaluate(model, val, env, config.bf16, config.val_rank_rows)
+                v = evaluate(stage.model, val, env, config.bf16, config.val_rank_rows)
                 if v is not None:
                     val_loss = v.loss
                     run.log_val({"step": done, "val_loss": v.loss, **{f"val_loss_{n}": x for n, x in zip(names, v.per_set)},
                                  **(v.ranks or {})})
             if done % config.ckpt_every == 0 or done == end:
-                run.save(done, modules, optimizer, data.state(), interval.state(), model_configs=model_configs,
-                         meta={**meta, "loss": loss, "val_loss": val_loss})
-                if env.is_main and on_checkpoint is not None:
-                    on_checkpoint(done)
+                run.save(done, stage.modules, stage.optimizer, data.state(), interval.state(),
+                         model_configs=stage.model_configs, meta={**stage.meta, "loss": loss, "val_loss": val_loss})
+                if env.is_main and stage.on_checkpoint is not None:
+                    stage.on_checkpoint(done, last_batch)
             if bar:
-                bar.update(task, completed=done, description=f"{title} loss {loss:.4f}")
+                bar.update(task, completed=done, description=f"{stage.title} loss {loss:.4f}")
     finally:
         if bar:
             bar.stop()

@@ -41,8 +41,8 @@ from salt_cache.models import Predictor, VideoViT
 from salt_cache.shards import shard_keys
 from salt_cache import dist
 from salt_cache.train.config import HeadConfig, TrainConfig, plain
-from salt_cache.train.data import PlanAndDecode, Sample, StageContext, to_device
-from salt_cache.train.engine import Interval, check_inputs, fit, make_loaders, val_columns
+from salt_cache.train.data import PlanAndDecode, Sample, StageContext
+from salt_cache.train.engine import Interval, Stage, check_inputs, fit, make_loaders, val_columns
 from salt_cache.train.optim import make_optimizer
 from salt_cache.train.runs import Run, print_run_summary
 from salt_cache.video import decode_view, view_rng
@@ -295,10 +295,10 @@ def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, 
         interval.load_state(run.state["interval"])
 
     if config.cache is not None:
-        stage = CacheJoin(Path(config.cache), config.seed, latents=teacher is None)
+        samples = CacheJoin(Path(config.cache), config.seed, latents=teacher is None)
     else:
-        stage = PlanAndDecode(config.clip, config.seed)
-    data, val = make_loaders(config, stage, shards, val_shards, per_rank, env, run,
+        samples = PlanAndDecode(config.clip, config.seed)
+    data, val = make_loaders(config, samples, shards, val_shards, per_rank, env, run,
                              missing_val="no validation distillation loss")
     if config.compile:
         model.student.compile(dynamic=True)
@@ -308,9 +308,6 @@ def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, 
     net = dist.wrap(model, env)
     run.restore_rng()  # last, so nothing above shifts the RNG streams of a resumed run
 
-    def fetch() -> dict:
-        return to_device(data.next(), env.device, non_blocking=True)
-
     def ema_step(step: int) -> None:
         # every rank, after every optimizer step: the students are equal, so the targets stay equal
         ema_update(model.teacher, model.student, ema_momentum(step, config.ema, config.steps))
@@ -318,14 +315,14 @@ def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, 
     mode = config.mode
     # the clips the student really saw: with a cache its views (the cache spec's clip: frame step
     # or fps, mean/std), else the config's; the probe reads the student on this geometry
-    clip = plain(stage.reader.spec.clip if config.cache is not None else config.clip)
+    clip = plain(samples.reader.spec.clip if config.cache is not None else config.clip)
+    stage = Stage(title="SALT", config=config, model=model, net=net, modules=modules, optimizer=optimizer,
+                  data=data, val=val, interval=interval, model_configs={"predictor": model.predictor.config},
+                  meta={"cache": fingerprint, "mode": mode, "clip": clip},
+                  on_step=ema_step if config.ema.enabled else None)
     summary = {"run": str(out), "rank": env.rank, "world_size": env.world_size, "start_step": run.step,
                "steps": config.steps, "mode": mode}
-    summary.update(fit(config=config, env=env, run=run, net=net, model=model, modules=modules, optimizer=optimizer,
-                       data=data, val=val, interval=interval, fetch=fetch, stop_at=stop_at, title="SALT",
-                       model_configs={"predictor": model.predictor.config},
-                       meta={"cache": fingerprint, "mode": mode, "clip": clip},
-                       on_step=ema_step if config.ema.enabled else None, show_progress=show_progress))
+    summary.update(fit(stage, run, stop_at, show_progress))
     summary["wall_s"] = time.perf_counter() - t_start
     end, loss, val_loss = summary["end_step"], summary["loss"], summary["val_loss"]
     if end == config.steps and env.is_main:

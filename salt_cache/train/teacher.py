@@ -28,7 +28,7 @@ from salt_cache.models import Predictor, VideoViT
 from salt_cache import dist
 from salt_cache.train.config import HeadConfig, TrainConfig, plain
 from salt_cache.train.data import PlanAndDecode, to_device
-from salt_cache.train.engine import Interval, check_inputs, fit, make_loaders, val_columns
+from salt_cache.train.engine import Interval, Stage, check_inputs, fit, make_loaders, val_columns
 from salt_cache.train.optim import make_optimizer
 from salt_cache.train.runs import Run, print_run_summary
 
@@ -204,24 +204,17 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
     net = dist.wrap(model, env)
     run.restore_rng()  # last, so nothing above shifts the RNG streams of a resumed run
 
-    last_batch: dict | None = None
-
-    def fetch() -> dict:
-        nonlocal last_batch
-        last_batch = to_device(data.next(), env.device, non_blocking=True)
-        return last_batch
-
-    def picture(step: int) -> None:
+    def picture(step: int, last_batch: dict | None) -> None:
         pic = val.batch(0) if val is not None else last_batch
         if pic is not None:
             save_picture(model, to_device(pic, env.device), run.folder.picture(step), step)
 
+    stage = Stage(title="V-Pixel", config=config, model=model, net=net, modules=modules, optimizer=optimizer,
+                  data=data, val=val, interval=interval, model_configs={"decoder": model.decoder.config},
+                  on_checkpoint=picture)
     summary = {"run": str(out), "rank": env.rank, "world_size": env.world_size, "start_step": run.step,
                "steps": config.steps}
-    summary.update(fit(config=config, env=env, run=run, net=net, model=model, modules=modules, optimizer=optimizer,
-                       data=data, val=val, interval=interval, fetch=fetch, stop_at=stop_at, title="V-Pixel",
-                       model_configs={"decoder": model.decoder.config}, meta={}, on_checkpoint=picture,
-                       show_progress=show_progress))
+    summary.update(fit(stage, run, stop_at, show_progress))
     summary["wall_s"] = time.perf_counter() - t_start
     end, loss, val_loss = summary["end_step"], summary["loss"], summary["val_loss"]
     if end == config.steps and env.is_main:
