@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
 
     from torch.utils.data import DataLoader
 
-    from salt_cache.cache import CacheReader, build_cache, describe_cache
+    from salt_cache.cache import BuildConfig, CacheReader, build_cache, describe_cache
     from salt_cache.cache.build import _encode, _resolve_device
     from salt_cache.cache.source import ClipDataset, ClipItem
     from salt_cache.shards import index_shard
@@ -69,11 +69,11 @@ def main(argv=None) -> dict:
         if args.data:
             data = args.data
         else:
-            from salt_cache.demo import make_demo_data
+            from salt_cache.demo import DemoConfig, make_demo_data
 
             # the demo maker always keeps >= 4 clips for val: ask for 4 more, use train only
-            make_demo_data(tmp / "demo", clips=max(args.clips, 4) + 4, size=64, frames=24, seed=0,
-                           val_fraction=0.0, shard_size=16)
+            make_demo_data(DemoConfig(tmp / "demo", clips=max(args.clips, 4) + 4, size=64, frames=24, seed=0,
+                           val_fraction=0.0, shard_size=16))
             data = str(tmp / "demo" / "train")
         if args.teacher:
             teacher = Path(args.teacher)
@@ -86,8 +86,8 @@ def main(argv=None) -> dict:
 
         # 1. the build, end to end
         t = time.perf_counter()
-        summary = build_cache(teacher, shards, spec, out, batch_size=args.batch_size, workers=args.workers,
-                              device=args.device)
+        summary = build_cache(BuildConfig(teacher, shards, spec, out, batch_size=args.batch_size, workers=args.workers,
+                              device=args.device))
         build_s = time.perf_counter() - t
         clips = summary.clips_built
         report = describe_cache(out)

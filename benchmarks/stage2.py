@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
         ap.error("--steps and --batch-size must be >= 1, --warmup >= 0")
 
-    from salt_cache.cache import build_cache
+    from salt_cache.cache import BuildConfig, build_cache
     from salt_cache.checkpoint import load_encoder, save_encoder
     from salt_cache.masks import multiblock_masks
     from salt_cache.models import build_encoder, param_count
@@ -108,12 +108,12 @@ def main(argv=None) -> dict:
         if args.data:
             data = args.data
         else:
-            from salt_cache.demo import make_demo_data
+            from salt_cache.demo import DemoConfig, make_demo_data
 
             # enough shards for every worker to own one; the maker keeps >= 4 clips for val (unused)
             shard_size = max(1, args.clips // max(4, args.workers))
-            make_demo_data(tmp / "demo", clips=max(args.clips, 4) + 4, size=64, frames=24, seed=0,
-                           val_fraction=0.0, shard_size=shard_size, workers=1)
+            make_demo_data(DemoConfig(tmp / "demo", clips=max(args.clips, 4) + 4, size=64, frames=24, seed=0,
+                           val_fraction=0.0, shard_size=shard_size, workers=1))
             data = str(tmp / "demo" / "train")
         if args.teacher:
             teacher_path = Path(args.teacher)
@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
         shards = resolve_shards(data)
         cache = tmp / "cache"
         t = time.perf_counter()
-        build = build_cache(teacher_path, shards, spec, cache, batch_size=8, workers=args.workers, device=str(device))
+        build = build_cache(BuildConfig(teacher_path, shards, spec, cache, batch_size=8, workers=args.workers, device=str(device)))
         build_s = time.perf_counter() - t
 
         config = load_run_config(StudentConfig, flags={

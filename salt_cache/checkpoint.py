@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from salt_cache.config import path_field
 from salt_cache.errors import SaltCacheError
 from salt_cache.models import VideoViT, ViTConfig
 
@@ -38,20 +40,37 @@ def save_encoder(path: Path, model: VideoViT, meta: dict | None = None) -> Path:
     return Path(path)
 
 
-def init_encoder(out: Path, model: str, *, patch_size: int = 16, tubelet_size: int = 2, pos_embed: str = "rope",
-                 seed: int = 0, frames: int | None = None, frame_step: int | None = None,
-                 size: int | None = None) -> tuple[Path, VideoViT]:
+@dataclass(frozen=True)
+class InitConfig:
+    """`salt-cache init-model` and the recipe kind init-model: a registered size, its patching,
+    positions and init seed, and optionally the clip it stands for (frames, frame_step and size,
+    all three)."""
+
+    out: Path = path_field()
+    model: str
+    patch_size: int = 16
+    tubelet_size: int = 2
+    pos_embed: str = "rope"
+    seed: int = 0
+    frames: int | None = None
+    frame_step: int | None = None
+    size: int | None = None
+
+
+def init_encoder(config: InitConfig) -> tuple[Path, VideoViT]:
     """Write a randomly initialized encoder checkpoint (a test teacher, or the untrained baseline
     the probes are read against). With frames, frame_step and size (all three), meta["clip"]
     records that clip, so `probe` reads the baseline on the same geometry as the trained
     encoders it is compared with. -> (path, encoder)."""
     import json
 
-    import torch
-
     from salt_cache.config import to_dict
     from salt_cache.models import build_encoder
     from salt_cache.video import ClipSpec
+
+    c = config
+    out, model, patch_size, tubelet_size, seed = c.out, c.model, c.patch_size, c.tubelet_size, c.seed
+    frames, frame_step, size = c.frames, c.frame_step, c.size
 
     given = {"frames": frames, "frame_step": frame_step, "size": size}
     clip = None
@@ -70,7 +89,7 @@ def init_encoder(out: Path, model: str, *, patch_size: int = 16, tubelet_size: i
         clip = json.loads(json.dumps(to_dict(spec)))  # plain lists, as the training stages store it
     torch.manual_seed(seed)
     try:
-        enc = build_encoder(model, patch_size=patch_size, tubelet_size=tubelet_size, pos_embed=pos_embed)
+        enc = build_encoder(model, patch_size=patch_size, tubelet_size=tubelet_size, pos_embed=c.pos_embed)
     except ValueError as e:
         raise SaltCacheError(str(e)) from None
     meta = {"origin": "init-model", "seed": seed, **({"clip": clip} if clip else {})}

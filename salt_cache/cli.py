@@ -12,8 +12,12 @@ from rich.table import Table
 
 from salt_cache import __version__
 from salt_cache.console import console, progress
+from salt_cache.cache import BuildConfig, VerifyConfig
+from salt_cache.checkpoint import InitConfig
+from salt_cache.demo import DemoConfig
 from salt_cache.errors import SaltCacheError
 from salt_cache.eval.config import ProbeConfig
+from salt_cache.shards.pack import ShardsConfig
 
 app = typer.Typer(
     name="salt-cache",
@@ -57,15 +61,15 @@ def main(
 def shards(
     src: Path = typer.Argument(..., help="A folder of videos (searched recursively) or a CSV/JSONL manifest with 'path' and optional 'label'."),
     out: Path = typer.Argument(..., help="Output folder for shard-NNNNNN.tar, index.json, rejected.jsonl."),
-    shard_size: int = typer.Option(100, help="Samples per shard."),
-    workers: int = typer.Option(2, help="Processes probing videos."),
-    overwrite: bool = typer.Option(False, help="Replace a non-empty OUT."),
+    shard_size: int = typer.Option(ShardsConfig.shard_size, help="Samples per shard."),
+    workers: int = typer.Option(ShardsConfig.workers, help="Processes probing videos."),
+    overwrite: bool = typer.Option(ShardsConfig.overwrite, help="Replace a non-empty OUT."),
 ):
     """Pack videos into webdataset tar shards (original bytes + probed metadata)."""
     from salt_cache.shards import write_shards
 
     with progress("files") as bar:
-        summary = write_shards(src, out, shard_size=shard_size, overwrite=overwrite, workers=workers, progress=bar)
+        summary = write_shards(ShardsConfig(src, out, shard_size=shard_size, workers=workers, overwrite=overwrite), bar)
     table = Table(title=f"shards in {out}")
     for col in ("shards", "packed", "rejected"):
         table.add_column(col, justify="right")
@@ -85,18 +89,18 @@ def shards(
 @app.command("demo-data")
 @user_errors
 def demo_data(
-    out: Path = typer.Argument(..., help="Output folder: train/ and val/ shards, videos/, manifests."),
-    clips: int = typer.Option(320, help="Clips in all (balanced over the four classes)."),
-    size: int = typer.Option(64, help="Frame side in pixels (multiple of 16)."),
-    frames: int = typer.Option(24, help="Frames per video."),
-    seed: int = typer.Option(0, help="Seed: the same seed gives the same videos."),
-    overwrite: bool = typer.Option(False, help="Replace a non-empty OUT."),
+    out: Path = typer.Argument(Path("demo"), help="Output folder: train/ and val/ shards, videos/, manifests."),
+    clips: int = typer.Option(DemoConfig.clips, help="Clips in all (balanced over the four classes)."),
+    size: int = typer.Option(DemoConfig.size, help="Frame side in pixels (multiple of 16)."),
+    frames: int = typer.Option(DemoConfig.frames, help="Frames per video."),
+    seed: int = typer.Option(DemoConfig.seed, help="Seed: the same seed gives the same videos."),
+    overwrite: bool = typer.Option(DemoConfig.overwrite, help="Replace a non-empty OUT."),
 ):
     """Write the embedded demo dataset: four classes that differ only by the direction of time."""
     from salt_cache.demo import make_demo_data
 
     with progress("clips") as bar:
-        summary = make_demo_data(out, clips=clips, size=size, frames=frames, seed=seed, overwrite=overwrite, progress=bar)
+        summary = make_demo_data(DemoConfig(out, clips=clips, size=size, frames=frames, seed=seed, overwrite=overwrite), bar)
     table = Table(title=f"demo data in {out}")
     table.add_column("split")
     table.add_column("clips", justify="right")
@@ -112,10 +116,10 @@ def demo_data(
 def init_model(
     model: str = typer.Option(..., help="Registered size: micro, tiny, small, base, large, huge, giant."),
     out: Path = typer.Option(..., help="Checkpoint file to write."),
-    patch_size: int = typer.Option(16, help="Spatial patch size."),
-    tubelet_size: int = typer.Option(2, help="Frames per tubelet."),
-    pos_embed: str = typer.Option("rope", help="Position encoding: rope or sincos."),
-    seed: int = typer.Option(0, help="Initialization seed."),
+    patch_size: int = typer.Option(InitConfig.patch_size, help="Spatial patch size (the demo specs use 8)."),
+    tubelet_size: int = typer.Option(InitConfig.tubelet_size, help="Frames per tubelet."),
+    pos_embed: str = typer.Option(InitConfig.pos_embed, help="Position encoding: rope or sincos."),
+    seed: int = typer.Option(InitConfig.seed, help="Initialization seed."),
     frames: Optional[int] = typer.Option(None, help="Clip frames to record as the encoder's clip (with --frame-step and --size): probe then reads it on that geometry."),
     frame_step: Optional[int] = typer.Option(None, help="Source frames between clip frames (the recorded clip)."),
     size: Optional[int] = typer.Option(None, help="Clip side in pixels (the recorded clip)."),
@@ -124,8 +128,8 @@ def init_model(
     from salt_cache.checkpoint import init_encoder
     from salt_cache.models import param_count
 
-    path, enc = init_encoder(out, model, patch_size=patch_size, tubelet_size=tubelet_size, pos_embed=pos_embed,
-                             seed=seed, frames=frames, frame_step=frame_step, size=size)
+    path, enc = init_encoder(InitConfig(out, model, patch_size=patch_size, tubelet_size=tubelet_size,
+                                        pos_embed=pos_embed, seed=seed, frames=frames, frame_step=frame_step, size=size))
     clip = f", clip {frames} frames every {frame_step}, {size} px" if frames else ""
     console.print(f"wrote {path}: {model} encoder, {param_count(enc) / 1e6:.2f} M parameters{clip}")
 
@@ -188,11 +192,11 @@ def inspect_video(file: Path = typer.Argument(..., help="A video file.")):
 def build(
     teacher: Path = typer.Option(..., help="Encoder checkpoint of the frozen teacher."),
     data: list[str] = typer.Option(..., help="Shards: a folder, a brace pattern or a comma list (repeatable)."),
-    spec: str = typer.Option(..., help="Cache spec: a YAML file or a name in cache_specs/ (demo, vitl-16x224, ...)."),
+    spec: str = typer.Option(..., help="Cache spec: a YAML file or a bundled name (salt-cache specs: demo, vitl-16x224, ...)."),
     out: Path = typer.Option(..., help="Cache folder (created; an interrupted build of the same spec, teacher and data resumes)."),
-    batch_size: int = typer.Option(8, help="Views per teacher forward."),
-    workers: int = typer.Option(2, help="DataLoader processes decoding clips (0: decode in the main process)."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (under torchrun, cuda means cuda:LOCAL_RANK)."),
+    batch_size: int = typer.Option(BuildConfig.batch_size, help="Views per teacher forward."),
+    workers: int = typer.Option(BuildConfig.workers, help="DataLoader processes decoding clips (0: decode in the main process)."),
+    device: str = typer.Option(BuildConfig.device, help="auto, cpu, cuda or cuda:N (under torchrun, cuda means cuda:LOCAL_RANK)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a spec field, e.g. storage.dtype=bfloat16 (repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Also print the summary as JSON on stdout."),
 ):
@@ -203,9 +207,10 @@ def build(
     from salt_cache.cache import build_cache
     from salt_cache.cache.tables import build_tables
 
+    config = BuildConfig(teacher, list(data), spec, out, batch_size=batch_size, workers=workers, device=device,
+                         overrides=list(set_ or []))
     with progress("clips") as bar:
-        summary = build_cache(teacher, data, spec, out, batch_size=batch_size, workers=workers, device=device,
-                              progress=bar, overrides=set_ or [])
+        summary = build_cache(config, bar)
     if summary.rank != 0:
         return
     if summary.partial_cleared:
@@ -222,11 +227,11 @@ def verify(
     cache: Path = typer.Argument(..., help="Cache folder."),
     data: Optional[list[str]] = typer.Option(None, help="Shards whose clips must be exactly the cache's keys (repeatable)."),
     teacher: Optional[Path] = typer.Option(None, help="Teacher checkpoint: its sha256 must match; --sample rows are re-encoded."),
-    sample: int = typer.Option(8, help="Rows re-encoded with --teacher."),
-    seed: int = typer.Option(0, help="Seed picking the re-encoded rows."),
-    device: str = typer.Option("cpu", help="Device for re-encoding."),
-    digest: bool = typer.Option(True, help="Recompute each store's digest (reads every byte)."),
-    rows: bool = typer.Option(True, help="Check every row's checksum, finiteness and stats (reads every row)."),
+    sample: int = typer.Option(VerifyConfig.sample, help="Rows re-encoded with --teacher."),
+    seed: int = typer.Option(VerifyConfig.seed, help="Seed picking the re-encoded rows."),
+    device: str = typer.Option(VerifyConfig.device, help="Device for re-encoding."),
+    digest: bool = typer.Option(VerifyConfig.digest, help="Recompute each store's digest (reads every byte)."),
+    rows: bool = typer.Option(VerifyConfig.rows, help="Check every row's checksum, finiteness and stats (reads every row)."),
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable report on stdout."),
 ):
     """Check a cache, cheapest checks first. Exit 0 when sound; exit 1 with one line per problem."""
@@ -234,9 +239,10 @@ def verify(
 
     from salt_cache.cache import run_verify
 
+    config = VerifyConfig(cache, data=list(data) if data else None, teacher=teacher, sample=sample, seed=seed,
+                          device=device, digest=digest, rows=rows)
     with progress("rows") as bar:
-        rep = run_verify(cache, data=data or None, teacher=teacher, sample=sample if teacher else 0, seed=seed,
-                         device=device, digest=digest, rows=rows, progress=bar)
+        rep = run_verify(config, bar)
     if json_out:
         typer.echo(json.dumps(rep.to_dict(), indent=2, default=str))
     else:

@@ -3,6 +3,11 @@
 `from_dict(Cls, data)` builds a (nested) dataclass from plain data, checking every field's type
 and rejecting unknown fields; errors name the dotted field path and the file. `apply_overrides`
 applies `a.b=value` strings (YAML-parsed values) for CLI overrides.
+
+Every command's options are such a dataclass (`BuildConfig`, `ProbeConfig`, `TeacherConfig`,
+...), next to the function that takes it: the CLI fills it from flags, a recipe stage from its
+YAML fields, so each default is written once. Fields declared with `path_field()` are paths,
+which a recipe takes relative to its work dir (`resolve_paths`).
 """
 
 from __future__ import annotations
@@ -81,6 +86,33 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise SaltCacheError(f"override {item!r}: {p} is not a section")
         node[parts[-1]] = value
     return data
+
+
+PATH = "path"  # field metadata key: the field holds a path (or a list of paths)
+
+
+def path_field(default=dataclasses.MISSING, **kwargs):
+    """A dataclass field holding a path or a list of paths (shard folders, patterns)."""
+    return dataclasses.field(default=default, metadata={PATH: True}, **kwargs)
+
+
+def resolve_paths(obj, root: Path):
+    """A copy of dataclass `obj` whose `path_field`s that are relative are taken from `root`."""
+    def one(v):
+        if v is None:
+            return None
+        if isinstance(v, (list, tuple)):
+            return type(v)(one(x) for x in v)
+        p = Path(v)
+        out = p if p.is_absolute() else Path(root) / p
+        return out if isinstance(v, Path) else str(out)
+    changes = {f.name: one(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get(PATH)}
+    return dataclasses.replace(obj, **changes)
+
+
+def fields_of(obj, cls):
+    """The `cls` part of dataclass `obj` (an instance of a subclass of `cls`, or with its fields)."""
+    return cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls) if f.init})
 
 
 class _FieldError(Exception):

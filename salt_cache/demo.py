@@ -13,11 +13,14 @@ import csv
 import io
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from salt_cache.config import path_field
 from salt_cache.errors import SaltCacheError
+from salt_cache.shards.read import INDEX_NAME
 
 CLASSES = ("move-right", "move-left", "grow", "shrink")
 TASK_NAME = "demo task (direction of time)"
@@ -97,26 +100,47 @@ def encode_mp4(frames: np.ndarray, fps: int = 8) -> bytes:
     return buf.getvalue()
 
 
-def make_demo_data(out: Path, clips: int = 320, size: int = 64, frames: int = 24, seed: int = 0,
-                   val_fraction: float = 0.25, shard_size: int = 40, overwrite: bool = False,
-                   workers: int = 2, progress=None) -> dict:
+@dataclass(frozen=True)
+class DemoConfig:
+    """`salt-cache demo-data` and the recipe kind demo-data: where, how many clips (balanced over
+    the classes), their side and length, the seed, the val share, clips per shard, the processes
+    probing them, and whether a non-empty `out` may be replaced."""
+
+    out: Path = path_field()
+    clips: int = 320
+    size: int = 64
+    frames: int = 24
+    seed: int = 0
+    val_fraction: float = 0.25
+    shard_size: int = 40
+    workers: int = 2
+    overwrite: bool = False
+
+
+def is_complete(out: Path) -> bool:
+    """The demo data in `out` was written whole (both splits packed)."""
+    return (Path(out) / "train" / INDEX_NAME).is_file() and (Path(out) / "val" / INDEX_NAME).is_file()
+
+
+def make_demo_data(config: DemoConfig, progress=None) -> dict:
     """Write `out/videos/{train,val}/*.mp4`, manifests, and shards `out/train`, `out/val`.
 
     Balanced classes; deterministic for a seed. Returns a summary dict."""
-    from salt_cache.shards import write_shards
+    from salt_cache.shards import ShardsConfig, write_shards
 
+    c = config
+    clips, size, frames, seed, out = c.clips, c.size, c.frames, c.seed, Path(c.out)
     if clips < 2 * len(CLASSES):
         raise SaltCacheError(f"--clips: expected at least {2 * len(CLASSES)}, got {clips}")
     if size < 16 or size % 16:
         raise SaltCacheError(f"--size: expected a multiple of 16, got {size}")
     if frames < 2:
         raise SaltCacheError(f"--frames: expected >= 2, got {frames}")
-    out = Path(out)
     if out.exists() and any(out.iterdir()):
-        if not overwrite:
+        if not c.overwrite:
             raise SaltCacheError(f"{out}: folder is not empty (pass --overwrite to replace it)")
         shutil.rmtree(out)
-    n_val = max(len(CLASSES), int(round(clips * val_fraction)))
+    n_val = max(len(CLASSES), int(round(clips * c.val_fraction)))
     task = progress.add_task("rendering clips", total=clips) if progress else None
     splits = {"train": [], "val": []}
     for i in range(clips):
@@ -138,7 +162,7 @@ def make_demo_data(out: Path, clips: int = 320, size: int = 64, frames: int = 24
             w.writerow(["path", "label"])
             for rel, label in rows:
                 w.writerow([rel.as_posix(), label])
-        packed = write_shards(manifest, out / split, shard_size=shard_size, workers=workers, progress=progress)
+        packed = write_shards(ShardsConfig(manifest, out / split, shard_size=c.shard_size, workers=c.workers), progress)
         if packed.rejected:
             raise SaltCacheError(f"{out / split}: {len(packed.rejected)} demo clips failed to probe")
         summary["splits"][split] = {"clips": packed.packed, "shards": len(packed.shards)}

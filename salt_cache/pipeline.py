@@ -9,8 +9,16 @@ already complete, so a re-run after a crash (or with more stages added) continue
       - {name: cache,   kind: build,         teacher: teacher/teacher.pt, data: [data/train, data/val], spec: demo, out: cache}
       - ...
 
-Relative paths are taken from the work dir. A training stage whose run folder holds a
-checkpoint but no exported encoder resumes it. Wall times and results go to WORKDIR/pipeline.json.
+A stage's fields are those of its kind's typed config, the same dataclass the matching command
+builds from its flags (DemoConfig, BuildConfig, VerifyConfig, ProbeConfig, ...; a training stage
+holds the run config the train commands build), so a recipe takes every option the command
+takes, with the same defaults, checked the same way: a mistake names the stage and the field.
+Path fields are taken from the work dir. Whether a stage is complete is asked of the module that
+owns its output (the cache's manifest, the run folder, the shard index, ...). A training stage
+whose run folder holds a checkpoint but no exported encoder resumes it. Wall times and results
+go to WORKDIR/pipeline.json.
+
+A new stage kind is one `Kind` in KINDS: its config class, how it runs, how to tell it is done.
 """
 
 from __future__ import annotations
@@ -19,15 +27,21 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from salt_cache import config as cfgio
+from salt_cache.cache import BuildConfig, VerifyConfig
+from salt_cache.checkpoint import InitConfig
+from salt_cache.config import path_field, resolve_paths
 from salt_cache.console import console, progress, write_json
+from salt_cache.demo import DemoConfig
 from salt_cache.errors import SaltCacheError
-
-PIPELINES_DIR = Path(__file__).resolve().parents[1] / "pipelines"
+from salt_cache.eval.config import ProbeConfig
+from salt_cache.report import ReportConfig
+from salt_cache.resources import bundled
+from salt_cache.shards.pack import ShardsConfig
 
 
 @dataclass
@@ -35,6 +49,7 @@ class StageSpec:
     name: str
     kind: str
     args: dict = field(default_factory=dict)
+    config: Any = None  # the kind's config, paths as written (relative to the work dir)
 
 
 @dataclass
@@ -46,19 +61,14 @@ class Pipeline:
 
 
 def resolve_pipeline_path(path_or_name: str | Path) -> Path:
-    p = Path(path_or_name)
-    if p.is_file():
-        return p
-    bundled = PIPELINES_DIR / f"{path_or_name}.yaml"
-    if bundled.is_file():
-        return bundled
-    names = ", ".join(sorted(q.stem for q in PIPELINES_DIR.glob("*.yaml")))
-    raise SaltCacheError(f"{path_or_name}: no such pipeline file (bundled: {names})")
+    """A recipe file, or the name of a bundled one (`salt-cache run quickstart`)."""
+    return bundled("pipelines", path_or_name, what="pipeline")
 
 
 def load_pipeline(path_or_name: str | Path, variables: dict[str, str] | None = None) -> Pipeline:
-    """Read and check a pipeline YAML: every stage has a known kind and a unique name; ${vars}
-    are substituted (the file's `vars`, overridden by `variables`)."""
+    """Read and check a pipeline YAML: every stage has a known kind and a unique name, and its
+    fields make a valid config of that kind; ${vars} are substituted (the file's `vars`,
+    overridden by `variables`)."""
     path = resolve_pipeline_path(path_or_name)
     data = cfgio.load_yaml(path)
     unknown = sorted(set(data) - {"name", "vars", "workdir", "stages"})
@@ -76,18 +86,10 @@ def load_pipeline(path_or_name: str | Path, variables: dict[str, str] | None = N
         name = str(args.pop("name", kind))
         if kind not in KINDS:
             raise SaltCacheError(f"{path}: stages[{i}] ({name}): unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
-        spec = KINDS[kind]
-        missing = [f for f in spec.required if f not in args]
-        if missing:
-            raise SaltCacheError(f"{path}: stages[{i}] ({name}): missing field {missing[0]!r} "
-                                 f"(a {kind} stage needs {', '.join(spec.required)})")
-        unknown = sorted(set(args) - set(spec.required) - set(spec.optional))
-        if unknown:
-            raise SaltCacheError(f"{path}: stages[{i}] ({name}): {unknown[0]}: unknown field (a {kind} stage takes "
-                                 f"{', '.join(spec.required + spec.optional)})")
         if any(s.name == name for s in stages):
             raise SaltCacheError(f"{path}: stages[{i}]: a stage named {name!r} comes twice")
-        stages.append(StageSpec(name, kind, args))
+        config = cfgio.from_dict(KINDS[kind].config, args, source=f"{path}: stages[{i}] ({name})")
+        stages.append(StageSpec(name, kind, args, config))
     if not stages:
         raise SaltCacheError(f"{path}: stages: expected at least one stage")
     return Pipeline(name=str(data.get("name", path.stem)), stages=stages, workdir=str(data.get("workdir", ".")),
@@ -116,211 +118,215 @@ def _substitute(obj, values: dict[str, str], path: Path):
 
 # ---------------------------------------------------------------- stage kinds
 
+@dataclass
 class Ctx:
-    """What a stage sees: its args with paths resolved against the work dir, and the results of
-    earlier stages."""
+    """What a stage sees besides its config: the work dir, its name and earlier stages' results."""
 
-    def __init__(self, workdir: Path, results: dict):
-        self.workdir, self.results = workdir, results
+    workdir: Path
+    results: dict
+    name: str = ""
 
     def path(self, value) -> Path:
         p = Path(value)
         return p if p.is_absolute() else self.workdir / p
 
-    def paths(self, value) -> list[str]:
-        items = value if isinstance(value, list) else [value]
-        return [str(self.path(v)) for v in items]
+
+@dataclass(frozen=True)
+class TrainStage:
+    """A training stage: its run folder, shards, and the run config (a mapping, or a YAML file
+    under the work dir) with `set` overrides, merged exactly as the train commands merge them."""
+
+    out: Path = path_field()
+    train: str | list[str] = path_field()
+    val: str | list[str] | None = path_field(default=None)
+    config: dict[str, Any] | str = field(default_factory=dict)
+    set: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class StudentStage(TrainStage):
+    """Stage 2 on a cache (`cache`), or with `ema: true` and no cache the V-JEPA baseline."""
+
+    cache: Path | None = path_field(default=None)
+    ema: bool = False
 
 
-def _demo_done(s: StageSpec, c: Ctx) -> bool:
-    out = c.path(s.args["out"])
-    return (out / "train" / "index.json").is_file() and (out / "val" / "index.json").is_file()
+@dataclass(frozen=True)
+class VerifyStage(VerifyConfig):
+    """verify, with its report kept in the work dir (a stage is done when its report says ok)."""
+
+    out: Path | None = path_field(default=Path("verify.json"))
 
 
-def _demo_run(s: StageSpec, c: Ctx) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class ProbeStage(ProbeConfig):
+    """probe: an encoder, labelled shards and the report file, plus every ProbeConfig field;
+    `class_names`: a file of class names, one per line (optional)."""
+
+    encoder: Path = path_field()
+    train: str | list[str] = path_field()
+    val: str | list[str] = path_field()
+    out: Path = path_field()
+    class_names: Path | None = path_field(default=None)
+
+
+def _demo(c: DemoConfig, ctx: Ctx) -> dict:
     from salt_cache.demo import make_demo_data
 
-    args = {k: v for k, v in s.args.items() if k != "out"}
-    with progress("clips") as bar:
-        return make_demo_data(c.path(s.args["out"]), overwrite=True, progress=bar, **args)
+    with progress("clips") as bar:  # an unfinished stage's leftovers are replaced
+        return make_demo_data(replace(c, overwrite=True), bar)
 
 
-def _init_done(s: StageSpec, c: Ctx) -> bool:
-    return c.path(s.args["out"]).is_file()
+def _demo_done(c: DemoConfig) -> bool:
+    from salt_cache.demo import is_complete
+
+    return is_complete(c.out)
 
 
-def _init_run(s: StageSpec, c: Ctx) -> dict:
+def _init(c: InitConfig, ctx: Ctx) -> dict:
     """A randomly initialized encoder: the untrained baseline the probes are read against (give
     it frames, frame_step and size so it is probed on the trained encoders' clip geometry)."""
     from salt_cache.checkpoint import init_encoder
 
-    a = s.args
     try:
-        init_encoder(c.path(a["out"]), a["model"], patch_size=int(a.get("patch_size", 16)),
-                     tubelet_size=int(a.get("tubelet_size", 2)), pos_embed=a.get("pos_embed", "rope"),
-                     seed=int(a.get("seed", 0)), frames=a.get("frames"), frame_step=a.get("frame_step"),
-                     size=a.get("size"))
+        init_encoder(c)
     except SaltCacheError as e:
-        raise SaltCacheError(f"stage {s.name!r}: {e}") from None
-    return {"model": a["model"]}
+        raise SaltCacheError(f"stage {ctx.name!r}: {e}") from None
+    return {"model": c.model}
 
 
-def _shards_done(s: StageSpec, c: Ctx) -> bool:
-    return (c.path(s.args["out"]) / "index.json").is_file()
-
-
-def _shards_run(s: StageSpec, c: Ctx) -> dict:
+def _shards(c: ShardsConfig, ctx: Ctx) -> dict:
     from salt_cache.shards import write_shards
 
     with progress("files") as bar:
-        summary = write_shards(c.path(s.args["src"]), c.path(s.args["out"]), shard_size=int(s.args.get("shard_size", 100)),
-                               overwrite=True, workers=int(s.args.get("workers", 2)), progress=bar)
+        summary = write_shards(replace(c, overwrite=True), bar)
     return {"packed": summary.packed, "rejected": len(summary.rejected), "shards": len(summary.shards)}
 
 
-def _train_config(s: StageSpec, c: Ctx, cls, extra_flags: dict):
+def _shards_done(c: ShardsConfig) -> bool:
+    from salt_cache.shards import is_packed
+
+    return is_packed(c.out)
+
+
+def _run_config(c: TrainStage, ctx: Ctx, cls, flags: dict):
     from salt_cache.train.config import load_run_config
 
-    conf = s.args.get("config") or {}
-    if isinstance(conf, str):
-        conf = cfgio.load_yaml(c.path(conf))
-    flags = {"data.train": c.paths(s.args["train"]),
-             "data.val": c.paths(s.args["val"]) if s.args.get("val") else None, **extra_flags}
-    return load_run_config(cls, flags=flags, sets=list(s.args.get("set") or []), base=conf)
+    base = c.config if isinstance(c.config, dict) else cfgio.load_yaml(ctx.path(c.config))
+    flags = {"data.train": c.train, "data.val": c.val, **flags}
+    return load_run_config(cls, flags=flags, sets=list(c.set), base=base)
 
 
-def _run_finished(export: str) -> Callable:
-    def done(s: StageSpec, c: Ctx) -> bool:
-        from salt_cache.train.runs import RunFolder
-
-        return RunFolder(c.path(s.args["out"])).finished(export)
-    return done
-
-
-def _teacher_run(s: StageSpec, c: Ctx) -> dict:
+def _teacher(c: TrainStage, ctx: Ctx) -> dict:
     from salt_cache.train.runs import RunFolder
     from salt_cache.train.teacher import TeacherConfig, print_summary, train
 
-    out = c.path(s.args["out"])
-    cfg = _train_config(s, c, TeacherConfig, {})
-    summary = train(cfg, out, resume=RunFolder(out).can_resume())
+    summary = train(_run_config(c, ctx, TeacherConfig, {}), c.out, resume=RunFolder(c.out).can_resume())
     print_summary(summary)
     return {k: summary.get(k) for k in ("loss", "val_loss", "end_step", "teacher")}
 
 
-def _student_run(s: StageSpec, c: Ctx) -> dict:
-    """Stage 2 on a cache, or with `ema: true` (and no cache) the V-JEPA baseline."""
+def _student(c: StudentStage, ctx: Ctx) -> dict:
     from salt_cache.train.runs import RunFolder
     from salt_cache.train.student import StudentConfig, print_summary, train
 
-    out = c.path(s.args["out"])
-    ema = bool(s.args.get("ema", False))
-    if ema == bool(s.args.get("cache")):
-        raise SaltCacheError(f"stage {s.name!r}: give cache: CACHE (SALT) or ema: true (the V-JEPA baseline), "
+    if c.ema == (c.cache is not None):
+        raise SaltCacheError(f"stage {ctx.name!r}: give cache: CACHE (SALT) or ema: true (the V-JEPA baseline), "
                              "exactly one")
-    flags = {"ema.enabled": True} if ema else {"cache": str(c.path(s.args["cache"]))}
-    cfg = _train_config(s, c, StudentConfig, flags)
-    summary = train(cfg, out, resume=RunFolder(out).can_resume())
+    flags = {"ema.enabled": True} if c.ema else {"cache": str(c.cache)}
+    summary = train(_run_config(c, ctx, StudentConfig, flags), c.out, resume=RunFolder(c.out).can_resume())
     print_summary(summary)
     return {k: summary.get(k) for k in ("mode", "loss", "val_loss", "end_step", "student", "online", "data_wait_frac")}
 
 
-def _build_done(s: StageSpec, c: Ctx) -> bool:
-    from salt_cache.cache.header import is_complete
+def _finished(stage_module: str) -> Callable:
+    def done(c: TrainStage) -> bool:
+        import importlib
 
-    return is_complete(c.path(s.args["out"]))
+        from salt_cache.train.runs import RunFolder
+
+        return RunFolder(c.out).finished(importlib.import_module(stage_module).EXPORT)
+    return done
 
 
-def _build_run(s: StageSpec, c: Ctx) -> dict:
+def _build(c: BuildConfig, ctx: Ctx) -> dict:
     from salt_cache.cache import build_cache
     from salt_cache.cache.tables import build_tables
 
     with progress("clips") as bar:
-        summary = build_cache(c.path(s.args["teacher"]), c.paths(s.args["data"]), s.args["spec"],
-                              c.path(s.args["out"]), batch_size=int(s.args.get("batch_size", 8)),
-                              workers=int(s.args.get("workers", 2)), device=str(s.args.get("device", "cpu")),
-                              progress=bar)
+        summary = build_cache(c, bar)
     for table in build_tables(summary):
         console.print(table)
     return {k: summary.to_dict()[k] for k in ("clips", "rows", "failed", "bytes", "bytes_per_row", "fp32_bytes_per_row")}
 
 
-def _verify_done(s: StageSpec, c: Ctx) -> bool:
-    report = c.path(s.args.get("out", "verify.json"))
-    return report.is_file() and json.loads(report.read_text()).get("ok") is True
+def _build_done(c: BuildConfig) -> bool:
+    from salt_cache.cache import is_complete
+
+    return is_complete(c.out)
 
 
-def _verify_run(s: StageSpec, c: Ctx) -> dict:
-    from salt_cache.cache.verify import run_verify
+def _verify(c: VerifyStage, ctx: Ctx) -> dict:
+    from salt_cache.cache import run_verify
 
-    teacher = c.path(s.args["teacher"]) if s.args.get("teacher") else None
     with progress("rows") as bar:
-        report = run_verify(c.path(s.args["cache"]), data=c.paths(s.args["data"]) if s.args.get("data") else None,
-                            teacher=teacher, sample=int(s.args.get("sample", 0)), progress=bar)
-    doc = report.to_dict()
-    write_json(c.path(s.args.get("out", "verify.json")), doc)
+        report = run_verify(c, bar)
     if not report.ok:
-        raise SaltCacheError(f"stage {s.name!r}: the cache fails verification: {report.problems[0].line()}"
-                             f" ({len(report.problems)} problem(s); see {c.path(s.args.get('out', 'verify.json'))})")
+        raise SaltCacheError(f"stage {ctx.name!r}: the cache fails verification: {report.problems[0].line()}"
+                             f" ({len(report.problems)} problem(s); see {c.out})")
     return {"ok": True, "problems": 0}
 
 
-def _probe_done(s: StageSpec, c: Ctx) -> bool:
-    return c.path(s.args["out"]).is_file()
+def _verify_done(c: VerifyStage) -> bool:
+    from salt_cache.cache.verify import report_passed
+
+    return report_passed(c.out)
 
 
-PROBE_OPTIONS = ("spec", "epochs", "batch_size", "lrs", "wds", "depth", "device", "workers", "encode_batch_size")
-
-
-def _probe_run(s: StageSpec, c: Ctx) -> dict:
-    from salt_cache.eval.config import ProbeConfig
+def _probe(c: ProbeStage, ctx: Ctx) -> dict:
     from salt_cache.eval.probe import probe_encoder
     from salt_cache.eval.tables import print_report
 
-    config = cfgio.from_dict(ProbeConfig, {k: s.args[k] for k in PROBE_OPTIONS if k in s.args}, source=f"stage {s.name!r}")
-    names = None
-    if s.args.get("class_names"):
-        names_file = c.path(s.args["class_names"])
-        names = names_file.read_text().split() if names_file.is_file() else None
+    names = c.class_names.read_text().split() if c.class_names and c.class_names.is_file() else None
     with progress("it") as bar:
-        report = probe_encoder(c.path(s.args["encoder"]), c.paths(s.args["train"]), c.paths(s.args["val"]), config,
-                               out=c.path(s.args["out"]), class_names=names, progress=bar)
+        report = probe_encoder(c.encoder, c.train, c.val, cfgio.fields_of(c, ProbeConfig), out=c.out,
+                               class_names=names, progress=bar)
     print_report(report)
     return {"top1": report["top1"], "chance": report["chance"]}
 
 
-def _report_run(s: StageSpec, c: Ctx) -> dict:
+def _probe_done(c: ProbeStage) -> bool:
+    from salt_cache.eval.probe import report_path
+
+    return report_path(c.out).is_file()
+
+
+def _report(c: ReportConfig, ctx: Ctx) -> dict:
     from salt_cache.report import quickstart_report
 
-    return quickstart_report(c.workdir, s.args, c.results)
+    return quickstart_report(ctx.workdir, c, ctx.results)
 
 
 @dataclass(frozen=True)
 class Kind:
-    """A stage kind: how it runs, how to tell its output is complete (None: it always runs),
-    and the fields a stage of this kind must and may have."""
+    """A stage kind: its typed config (a stage's YAML fields), how it runs, and how to tell its
+    output is complete (None: it always runs)."""
 
-    run: Callable
-    done: Callable | None
-    required: tuple[str, ...]
-    optional: tuple[str, ...] = ()
+    config: type
+    run: Callable[[Any, Ctx], dict]
+    done: Callable[[Any], bool] | None = None
 
 
 KINDS: dict[str, Kind] = {
-    "demo-data": Kind(_demo_run, _demo_done, ("out",),
-                      ("clips", "size", "frames", "seed", "val_fraction", "shard_size", "workers")),
-    "init-model": Kind(_init_run, _init_done, ("out", "model"),
-                       ("patch_size", "tubelet_size", "pos_embed", "seed", "frames", "frame_step", "size")),
-    "shards": Kind(_shards_run, _shards_done, ("src", "out"), ("shard_size", "workers")),
-    "train-teacher": Kind(_teacher_run, _run_finished("teacher"), ("out", "train"), ("val", "config", "set")),
-    "build": Kind(_build_run, _build_done, ("teacher", "data", "spec", "out"), ("batch_size", "workers", "device")),
-    "verify": Kind(_verify_run, _verify_done, ("cache",), ("data", "teacher", "sample", "out")),
-    "train-student": Kind(_student_run, _run_finished("student"), ("out", "train"), ("cache", "ema", "val", "config", "set")),
-    "probe": Kind(_probe_run, _probe_done, ("encoder", "train", "val", "out"), PROBE_OPTIONS + ("class_names",)),
-    "report": Kind(_report_run, None, ("teacher_run", "student_run", "teacher_probe", "student_probe"),
-                   ("baseline_probe", "out")),
+    "demo-data": Kind(DemoConfig, _demo, _demo_done),
+    "init-model": Kind(InitConfig, _init, lambda c: Path(c.out).is_file()),
+    "shards": Kind(ShardsConfig, _shards, _shards_done),
+    "train-teacher": Kind(TrainStage, _teacher, _finished("salt_cache.train.teacher")),
+    "build": Kind(BuildConfig, _build, _build_done),
+    "verify": Kind(VerifyStage, _verify, _verify_done),
+    "train-student": Kind(StudentStage, _student, _finished("salt_cache.train.student")),
+    "probe": Kind(ProbeStage, _probe, _probe_done),
+    "report": Kind(ReportConfig, _report, None),
 }
 
 
@@ -344,7 +350,9 @@ def run_pipeline(path_or_name: str | Path, workdir: Path | None = None, variable
         head = f"[bold cyan]stage {i}/{len(pipe.stages)}: {stage.name}[/] ({stage.kind})"
         if only and stage.name not in only:
             continue
-        if done is not None and done(stage, ctx):
+        config = resolve_paths(stage.config, wd)
+        ctx.name = stage.name
+        if done is not None and done(config):
             console.print(f"{head}: complete, skipped")
             stages_rec.setdefault(stage.name, {"kind": stage.kind, "wall_s": None, "result": None})
             stages_rec[stage.name]["status"] = "skipped (complete)"
@@ -355,7 +363,7 @@ def run_pipeline(path_or_name: str | Path, workdir: Path | None = None, variable
         spent = prev.get("wall_s") or 0.0 if prev.get("status") == "interrupted" else 0.0
         t0 = time.perf_counter()
         try:
-            result = run(stage, ctx)
+            result = run(config, ctx)
         except BaseException:
             stages_rec[stage.name] = {"kind": stage.kind, "status": "interrupted",
                                       "wall_s": round(spent + time.perf_counter() - t0, 2), "result": None}

@@ -4,10 +4,12 @@ stage) and two pictures (loss curves of both stages, probe comparison), also as 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.table import Table
 
+from salt_cache.config import path_field
 from salt_cache.console import console, write_json
 from salt_cache.errors import SaltCacheError
 
@@ -83,25 +85,32 @@ def _class_acc(v) -> float:
     return float(v["accuracy"] if isinstance(v, dict) else v)
 
 
-def quickstart_report(workdir: Path, args: dict, results: dict | None = None) -> dict:
-    """args: teacher_run, student_run (run folders), teacher_probe, student_probe (probe JSON),
-    optional baseline_probe (probe JSON of an untrained encoder), out (folder for report.json,
-    losses.png, probes.png); all relative to `workdir`."""
-    wd = Path(workdir)
+@dataclass(frozen=True)
+class ReportConfig:
+    """The recipe kind report: the two run folders, the probe reports (teacher, student and
+    optionally an untrained baseline), and the folder for report.json, losses.png, probes.png."""
 
-    def p(key: str) -> Path:
-        v = Path(args[key])
-        return v if v.is_absolute() else wd / v
+    teacher_run: Path = path_field()
+    student_run: Path = path_field()
+    teacher_probe: Path = path_field()
+    student_probe: Path = path_field()
+    baseline_probe: Path | None = path_field(default=None)
+    out: Path = path_field(default=Path("."))
 
-    out = p("out") if "out" in args else wd
+
+def quickstart_report(workdir: Path, config: ReportConfig, results: dict | None = None) -> dict:
+    """The closing table and pictures of a recipe run in `workdir` (its pipeline.json gives the
+    wall time of every stage); the paths of `config` as given (a recipe resolves them)."""
+    wd, c = Path(workdir), config
+    out = Path(c.out)
     probes = {}
-    keys = (("random init", "baseline_probe"),) if "baseline_probe" in args else ()
-    for label, key in keys + (("teacher", "teacher_probe"), ("student", "student_probe")):
-        path = p(key)
+    keys = (("random init", c.baseline_probe),) if c.baseline_probe is not None else ()
+    for label, path in keys + (("teacher", c.teacher_probe), ("student", c.student_probe)):
+        path = Path(path)
         if not path.is_file():
             raise SaltCacheError(f"{path}: probe report not found (run the probe stage first)")
         probes[label] = json.loads(path.read_text())
-    losses = plot_losses({"Stage 1 teacher (V-Pixel)": p("teacher_run"), "Stage 2 student (SALT)": p("student_run")},
+    losses = plot_losses({"Stage 1 teacher (V-Pixel)": Path(c.teacher_run), "Stage 2 student (SALT)": Path(c.student_run)},
                          out / "losses.png")
     bars = plot_probes(probes, out / "probes.png")
     record = json.loads((wd / "pipeline.json").read_text()) if (wd / "pipeline.json").is_file() else {}

@@ -1,6 +1,6 @@
 """Cache specs: how clips are sampled for the teacher and how its latents are stored.
 
-A spec is a YAML file in `cache_specs/` (or anywhere), loaded into a typed, validated
+A spec is a YAML file, bundled (`cache_specs/`, found by name from any folder) or anywhere, loaded into a typed, validated
 `CacheSpec`. Errors name the file and the dotted field, e.g. `cache_specs/demo.yaml:
 storage.dtyp: unknown field (expected one of: dtype, codec, level, rows_per_shard)`.
 """
@@ -19,11 +19,12 @@ from salt_cache.video import ClipSpec
 LEVEL_RANGE = {"blosc-zstd": (0, 9), "zstd": (1, 22), "none": (0, 22)}
 
 
-def specs_dir() -> Path:
-    """The repository's `cache_specs/` folder (next to the `salt_cache` package)."""
-    import salt_cache
+def specs_dir() -> Path | None:
+    """The folder of the bundled specs (`salt_cache.resources`: the package's copy in a wheel,
+    the repository's `cache_specs/` in a checkout)."""
+    from salt_cache.resources import bundled_dir
 
-    return Path(salt_cache.__file__).resolve().parents[1] / "cache_specs"
+    return bundled_dir("cache_specs")
 
 
 @dataclass(frozen=True)
@@ -101,18 +102,10 @@ class CacheSpec:
 
 
 def resolve_spec_path(path_or_name: str | Path) -> Path:
-    """A spec file path, or a bare name (`demo`, `vitl-16x224`) looked up in `cache_specs/`."""
-    p = Path(path_or_name)
-    if p.is_file():
-        return p
-    name = str(path_or_name)
-    if "/" not in name and "\\" not in name:
-        candidate = specs_dir() / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
-        if candidate.is_file():
-            return candidate
-        known = ", ".join(list_specs()) or "none"
-        raise SaltCacheError(f"spec {name!r}: no such file, and no {candidate.name} in {specs_dir()} (known: {known})")
-    raise SaltCacheError(f"{p}: spec file not found")
+    """A spec file path, or a bare name (`demo`, `vitl-16x224`) of a bundled spec."""
+    from salt_cache.resources import bundled
+
+    return bundled("cache_specs", path_or_name, what="spec")
 
 
 def load_spec(path_or_name: str | Path, overrides: list[str] | None = None) -> CacheSpec:
@@ -125,6 +118,7 @@ def load_spec(path_or_name: str | Path, overrides: list[str] | None = None) -> C
 
 
 def list_specs() -> list[str]:
-    """Names of the specs shipped in `cache_specs/`."""
-    d = specs_dir()
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+    """Names of the bundled specs."""
+    from salt_cache.resources import list_bundled
+
+    return list_bundled("cache_specs")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from salt_cache.demo import make_demo_data
+from salt_cache.demo import DemoConfig, make_demo_data
 
 
 def write_video(path: Path, frames: int = 12, height: int = 48, width: int = 64, codec: str = "libx264",
@@ -43,7 +43,7 @@ def write_video(path: Path, frames: int = 12, height: int = 48, width: int = 64,
 def demo(tmp_path_factory) -> Path:
     """A small demo dataset (train/ and val/ shards), shared by the whole session."""
     out = tmp_path_factory.mktemp("demo")
-    make_demo_data(out, clips=48, size=32, frames=12, seed=0, shard_size=10)
+    make_demo_data(DemoConfig(out, clips=48, size=32, frames=12, seed=0, shard_size=10))
     return out
 
 

@@ -12,7 +12,7 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from salt_cache.cache import CacheReader, RowRef, build_cache, describe_cache, verify_cache
+from salt_cache.cache import BuildConfig, CacheReader, RowRef, build_cache, describe_cache, verify_cache
 from salt_cache.checkpoint import file_sha256, load_encoder
 from salt_cache.cli import app
 from salt_cache.errors import SaltCacheError
@@ -31,7 +31,7 @@ def built(demo, tmp_path_factory):
     root = tmp_path_factory.mktemp("cache_build")
     teacher = make_teacher(root / "teacher.pt")
     spec = write_spec(root / "spec.yaml")
-    summary = build_cache(teacher, demo / "train", spec, root / "cache", batch_size=3, workers=2)
+    summary = build_cache(BuildConfig(teacher, demo / "train", spec, root / "cache", batch_size=3, workers=2))
     return {"root": root, "teacher": teacher, "spec": spec, "cache": root / "cache", "summary": summary}
 
 
@@ -162,7 +162,7 @@ def test_failed_clip_is_a_failed_row_and_shifts_nothing(built, demo, tmp_path):
                 w.write({"__key__": "no-video", "json": {"label": 2}})
             w.write({"__key__": key, "mp4": video, "json": meta})
     out = tmp_path / "cache"
-    s = build_cache(built["teacher"], data, built["spec"], out, batch_size=1, workers=1)
+    s = build_cache(BuildConfig(built["teacher"], data, built["spec"], out, batch_size=1, workers=1))
     assert (s.clips, s.rows, s.failed) == (12, 24, 4)
     assert {(f["key"], f["view"]) for f in s.failures} == {("broken-clip", 0), ("broken-clip", 1), ("no-video", 0), ("no-video", 1)}
     assert all(f["reason"] for f in s.failures)
@@ -189,7 +189,7 @@ def test_failed_clip_is_a_failed_row_and_shifts_nothing(built, demo, tmp_path):
 def test_other_storage_dtypes_and_codecs(built, demo, tmp_path, dtype, codec):
     spec = write_spec(tmp_path / "spec.yaml", dtype=dtype, codec=codec)
     data = resolve_shards(demo / "train")[3]  # one shard of 6 clips
-    build_cache(built["teacher"], [data], spec, tmp_path / "cache", batch_size=4, workers=1)
+    build_cache(BuildConfig(built["teacher"], [data], spec, tmp_path / "cache", batch_size=4, workers=1))
     g = zarr.open_group(tmp_path / "cache" / "stores" / "000000-shard-000003.zarr", mode="r")
     lat = g["latents"]
     assert lat.dtype == (np.uint16 if dtype == "bfloat16" else np.float32) and lat.attrs["dtype"] == dtype

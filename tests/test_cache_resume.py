@@ -13,7 +13,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from salt_cache.cache import CacheReader, build_cache, verify_cache
+from salt_cache.cache import BuildConfig, CacheReader, build_cache, verify_cache
 from salt_cache.cli import app
 from salt_cache.cache.store import done_path
 from test_cache_common import assert_same_cache, make_teacher, store_arrays, write_spec
@@ -30,7 +30,7 @@ def ref(demo, tmp_path_factory):
     root = tmp_path_factory.mktemp("cache_resume")
     teacher = make_teacher(root / "teacher.pt")
     spec = write_spec(root / "spec.yaml")
-    build_cache(teacher, demo / "train", spec, root / "ref", batch_size=BATCH, workers=1)
+    build_cache(BuildConfig(teacher, demo / "train", spec, root / "ref", batch_size=BATCH, workers=1))
     return {"root": root, "teacher": teacher, "spec": spec, "cache": root / "ref", "data": demo / "train"}
 
 

@@ -58,5 +58,5 @@ def test_bad_specs_name_file_and_field(tmp_path, text, expected):
 def test_unknown_spec_name_lists_the_known_ones():
     with pytest.raises(SaltCacheError, match=r"spec 'demoo'.*known: demo, demo-probe"):
         load_spec("demoo")
-    with pytest.raises(SaltCacheError, match="spec file not found"):
+    with pytest.raises(SaltCacheError, match=r"no/such/spec.yaml: no such spec file \(known: demo, "):
         load_spec("no/such/spec.yaml")

@@ -10,7 +10,7 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from salt_cache.cache import build_cache, run_verify, verify_cache
+from salt_cache.cache import BuildConfig, VerifyConfig, build_cache, run_verify, verify_cache
 from salt_cache.cache.store import done_path, row_checksum
 from salt_cache.cli import app
 from test_cache_common import make_teacher, store_arrays, write_spec
@@ -24,7 +24,7 @@ def clean(demo, tmp_path_factory):
     """demo/val: 12 clips in 2 shards (10 + 2) x 2 views = 24 rows, 4 rows per Zarr shard."""
     root = tmp_path_factory.mktemp("cache_verify")
     teacher = make_teacher(root / "teacher.pt")
-    build_cache(teacher, demo / "val", write_spec(root / "spec.yaml"), root / "cache", batch_size=4, workers=1)
+    build_cache(BuildConfig(teacher, demo / "val", write_spec(root / "spec.yaml"), root / "cache", batch_size=4, workers=1))
     return {"root": root, "teacher": teacher, "cache": root / "cache", "data": demo / "val"}
 
 
@@ -40,7 +40,7 @@ def lines(problems):
 
 
 def test_clean_cache_passes_every_check(clean):
-    rep = run_verify(clean["cache"], data=clean["data"], teacher=clean["teacher"], sample=4)
+    rep = run_verify(VerifyConfig(clean["cache"], data=clean["data"], teacher=clean["teacher"], sample=4))
     assert rep.problems == [], lines(rep.problems)
     assert rep.checks == ["cache.json", "stores", "structure", "keys-vs-data", "digest", "rows", "teacher"]
     assert rep.rows_checked == 24 and len(rep.reencoded) == 4
@@ -113,7 +113,7 @@ def test_rewritten_and_non_finite_rows(copy):
 
 def test_different_teacher(clean, tmp_path):
     other = make_teacher(tmp_path / "other.pt", seed=1)
-    rep = run_verify(clean["cache"], teacher=other, sample=3, digest=False, rows=False)
+    rep = run_verify(VerifyConfig(clean["cache"], teacher=other, sample=3, digest=False, rows=False))
     found = lines(rep.problems)
     assert any(line.startswith(f"teacher {other} has sha256") for line in found), found
     assert sum("re-encoded row differs" in line for line in found) == 3

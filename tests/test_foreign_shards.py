@@ -11,7 +11,7 @@ import tarfile
 
 import pytest
 
-from salt_cache.cache import CacheReader, build_cache, verify_cache
+from salt_cache.cache import BuildConfig, CacheReader, build_cache, verify_cache
 from salt_cache.shards import iter_shard, resolve_shards, shard_keys, shard_labels
 from salt_cache.train.config import load_run_config
 from salt_cache.train.runs import read_log
@@ -73,7 +73,7 @@ def test_foreign_shard_builds_verifies_and_joins_in_stage2(demo, foreign, tmp_pa
     keys = webdataset_keys(shard)
     teacher = make_teacher(root / "teacher.pt", seed=1)
     cache = tmp_path / "cache"
-    s = build_cache(teacher, shard.parent, write_spec(root / "spec.yaml", views=1), cache, batch_size=4, workers=0)
+    s = build_cache(BuildConfig(teacher, shard.parent, write_spec(root / "spec.yaml", views=1), cache, batch_size=4, workers=0))
     assert (s.clips, s.failed) == (len(keys), 0)
     assert CacheReader(cache).keys() == sorted(keys)
     assert verify_cache(cache, data=shard.parent) == []

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 transformers = pytest.importorskip("transformers")
 
-from salt_cache.cache import CacheReader, build_cache  # noqa: E402
+from salt_cache.cache import BuildConfig, CacheReader, build_cache  # noqa: E402
 from salt_cache.checkpoint import load_encoder  # noqa: E402
 from salt_cache.cli import app  # noqa: E402
 from salt_cache.errors import SaltCacheError  # noqa: E402
@@ -366,8 +366,8 @@ def test_build_refuses_a_spec_that_does_not_fit_an_imported_teacher(tmp_path, de
     vj = vjepa2_reference(seed=52)
     vj.save_pretrained(tmp_path / "vj")
     import_teacher(tmp_path / "vj", tmp_path / "vj.pt")
-    s = build_cache(tmp_path / "vj.pt", resolve_shards(demo / "train")[0], spec, tmp_path / "vjcache",
-                    batch_size=4, workers=0, overrides=["clip.size=48", "clip.frames=8", "views=1"])
+    s = build_cache(BuildConfig(tmp_path / "vj.pt", resolve_shards(demo / "train")[0], spec, tmp_path / "vjcache",
+                    batch_size=4, workers=0, overrides=["clip.size=48", "clip.frames=8", "views=1"]))
     assert s.complete and s.failed == 0
 
 

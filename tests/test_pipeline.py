@@ -119,7 +119,7 @@ def test_recipe_errors_name_the_problem(tmp_path):
         load_pipeline(bad)
     assert load_pipeline(bad, {"where": "d"}).stages[0].args["out"] == "d"
     bad.write_text("stages:\n  - {kind: build, teacher: t.pt, spec: demo, out: c}\n")
-    with pytest.raises(SaltCacheError, match=r"stages\[0\] \(build\): missing field 'data'"):
+    with pytest.raises(SaltCacheError, match=r"stages\[0\] \(build\): data: required field is missing"):
         load_pipeline(bad)
     bad.write_text("stages:\n  - {kind: probe, encoder: e.pt, train: a, val: b, out: o.json, epoch: 40}\n")
     with pytest.raises(SaltCacheError, match=r"stages\[0\] \(probe\): epoch: unknown field"):

@@ -335,7 +335,7 @@ def test_task_info_reads_the_data_roots_task_json_then_index_json(demo, tmp_path
 
 def test_probe_bad_inputs_are_one_line_errors(demo, encoder, tmp_path):
     from salt_cache.cli import app
-    from salt_cache.shards import write_shards
+    from salt_cache.shards import ShardsConfig, write_shards
 
     from conftest import write_video
 
@@ -349,7 +349,7 @@ def test_probe_bad_inputs_are_one_line_errors(demo, encoder, tmp_path):
     # shards packed from a plain folder carry no labels
     for i in range(2):
         write_video(tmp_path / "videos" / f"clip{i}.mp4", frames=8, height=32, width=32, seed=i)
-    write_shards(tmp_path / "videos", tmp_path / "unlabelled", workers=1)
+    write_shards(ShardsConfig(tmp_path / "videos", tmp_path / "unlabelled", workers=1))
     with pytest.raises(SaltCacheError, match=r"shard-000000\.tar: val clip clip0 has no label \(and 1 more"):
         probe_encoder(encoder, demo / "train", tmp_path / "unlabelled", ProbeConfig(spec=spec, workers=0))
     res = runner.invoke(app, ["probe", "--encoder", str(encoder), "--train", str(demo / "train"),

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from conftest import write_video
 from salt_cache.cli import app
 from salt_cache.errors import SaltCacheError
-from salt_cache.shards import iter_shard, make_keys, resolve_shards, shard_keys, write_shards
+from salt_cache.shards import ShardsConfig, iter_shard, make_keys, resolve_shards, shard_keys, write_shards
 from salt_cache.video import ClipSpec, decode_view, plan_view, probe_video
 
 runner = CliRunner()
@@ -32,7 +32,7 @@ def mixed(tmp_path_factory) -> Path:
 
 
 def test_round_trip_mixed_codecs(mixed, tmp_path):
-    summary = write_shards(mixed, tmp_path / "out", shard_size=2)
+    summary = write_shards(ShardsConfig(mixed, tmp_path / "out", shard_size=2))
     assert summary.packed == len(VARIANTS) and not summary.rejected
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert [s["samples"] for s in index["shards"]] == [2, 2, 1]
@@ -76,7 +76,7 @@ def test_bad_files_are_rejected_not_packed(tmp_path):
     (tmp_path / "src" / "empty.mp4").write_bytes(b"")
     # decord mis-strides narrow MJPEG frames (4 channels); packing it would fail every decode later
     write_video(tmp_path / "src" / "narrow.mov", frames=3, height=32, width=48, codec="mjpeg", fmt="mov")
-    summary = write_shards(tmp_path / "src", tmp_path / "out")
+    summary = write_shards(ShardsConfig(tmp_path / "src", tmp_path / "out"))
     assert summary.packed == 1
     rejected = [json.loads(l) for l in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
     assert sorted(Path(r["path"]).name for r in rejected) == ["empty.mp4", "narrow.mov", "text.mp4", "truncated.mp4"]
@@ -94,7 +94,7 @@ def test_keys_are_unique_stable_and_tar_safe():
 
 
 def test_resolve_shards_forms(mixed, tmp_path):
-    write_shards(mixed, tmp_path / "out", shard_size=2)
+    write_shards(ShardsConfig(mixed, tmp_path / "out", shard_size=2))
     by_folder = resolve_shards(tmp_path / "out")
     by_brace = resolve_shards(str(tmp_path / "out" / "shard-{000000..000002}.tar"))
     by_list = resolve_shards([str(p) for p in by_folder])

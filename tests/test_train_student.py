@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from salt_cache.cache import build_cache
+from salt_cache.cache import BuildConfig, build_cache
 from salt_cache.checkpoint import load_encoder
 from salt_cache.cli import app
 from salt_cache.diagnostics import RANK_KEYS
@@ -38,7 +38,7 @@ def cached(demo, tmp_path_factory):
     root = tmp_path_factory.mktemp("stage2")
     teacher = make_teacher(root / "teacher.pt", seed=3)
     spec = write_spec(root / "spec.yaml", views=2, patch=8, dtype="float32")
-    build_cache(teacher, [str(demo / "train"), str(demo / "val")], spec, root / "cache", batch_size=8, workers=1)
+    build_cache(BuildConfig(teacher, [str(demo / "train"), str(demo / "val")], spec, root / "cache", batch_size=8, workers=1))
     return root, teacher, root / "cache"
 
 
@@ -117,7 +117,7 @@ def test_micro_student_learns_from_the_cache_and_resumes_exactly(demo, cached, t
     assert torch.load(out / "student.pt", weights_only=True)["meta"]["clip"] == ckpt["meta"]["clip"]
     # the exported student is an encoder checkpoint that `build` takes as a teacher
     spec = write_spec(tmp_path / "spec.yaml", views=1, patch=8)
-    s = build_cache(out / "student.pt", str(demo / "val"), spec, tmp_path / "student-cache", workers=1)
+    s = build_cache(BuildConfig(out / "student.pt", str(demo / "val"), spec, tmp_path / "student-cache", workers=1))
     assert s.failed == 0 and s.rows > 0
 
     short = student_config(demo, cache, steps=6, val_every=2, ckpt_every=3)
@@ -152,7 +152,7 @@ def test_two_processes_match_one_process(demo, cached, tmp_path):
 def test_refusals_are_one_line(demo, cached, tmp_path):
     root, teacher, cache = cached
     only_train = tmp_path / "train-only"
-    build_cache(teacher, str(demo / "train"), write_spec(tmp_path / "s.yaml", views=1, patch=8), only_train, workers=1)
+    build_cache(BuildConfig(teacher, str(demo / "train"), write_spec(tmp_path / "s.yaml", views=1, patch=8), only_train, workers=1))
     broken = tmp_path / "broken"
     shutil.copytree(cache, broken)
     shutil.rmtree(next(p for p in (broken / "stores").iterdir() if p.is_dir()))

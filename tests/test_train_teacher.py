@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from salt_cache.cache import build_cache
+from salt_cache.cache import BuildConfig, build_cache
 from salt_cache.checkpoint import load_encoder
 from salt_cache.cli import app
 from salt_cache.masks import DEFAULT_MASKS, multiblock_masks
@@ -127,5 +127,5 @@ def test_micro_teacher_learns_on_demo_data_and_build_takes_its_teacher(demo, tmp
     spec = tmp_path / "spec.yaml"
     spec.write_text("name: t\nclip: {frames: 4, frame_step: 1, size: 32, crop: center}\nviews: 1\n"
                     "patch_size: 8\ntubelet_size: 2\n")
-    summary = build_cache(out / "teacher.pt", demo / "val", spec, tmp_path / "cache", batch_size=4, workers=0)
+    summary = build_cache(BuildConfig(out / "teacher.pt", demo / "val", spec, tmp_path / "cache", batch_size=4, workers=0))
     assert summary.complete and summary.ok == summary.rows == 12

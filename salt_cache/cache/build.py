@@ -27,6 +27,7 @@ from salt_cache.cache.manifest import compatibility_problem, make_header, refres
 from salt_cache.cache.source import ClipDataset, ClipItem
 from salt_cache.cache.store import STORES_DIR, StoreWriter, clear_partial, read_done, store_name
 from salt_cache.checkpoint import file_sha256, load_encoder
+from salt_cache.config import path_field
 from salt_cache.errors import SaltCacheError
 from salt_cache.shards import index_shard, resolve_shards
 from salt_cache.spec import CacheSpec, load_spec
@@ -147,19 +148,35 @@ def _encode(model, xs: list[torch.Tensor], device: torch.device) -> torch.Tensor
     return y.float().cpu()
 
 
-def build_cache(teacher: Path, data, spec: Path | str | CacheSpec, out: Path, batch_size: int = 8,
-                workers: int = 2, device: str = "cpu", progress=None,
-                overrides: list[str] | None = None) -> BuildSummary:
-    """Encode every view of every clip of `data` (a shard folder, brace pattern, comma list or
-    list) with the encoder checkpoint `teacher` into `out` (a cache folder). Resumes a previous
-    build of the same spec, teacher and data; refuses anything else.
+@dataclass(frozen=True)
+class BuildConfig:
+    """`salt-cache build` and the recipe kind build: the frozen teacher (an encoder checkpoint),
+    the shards (a folder, brace pattern, comma list or a list of them), the cache spec (a YAML
+    file, a bundled name, or a CacheSpec) with `overrides` ("storage.dtype=bfloat16"), the cache
+    folder, views per teacher forward, decoding processes, device."""
+
+    teacher: Path = path_field()
+    data: str | list[str] = path_field()
+    spec: str
+    out: Path = path_field()
+    batch_size: int = 8
+    workers: int = 2
+    device: str = "cpu"
+    overrides: list[str] = field(default_factory=list)
+
+
+def build_cache(config: BuildConfig, progress=None) -> BuildSummary:
+    """Encode every view of every clip of `config.data` with the encoder checkpoint
+    `config.teacher` into `config.out` (a cache folder). Resumes a previous build of the same
+    spec, teacher and data; refuses anything else.
 
     Under torchrun, rank r builds the stores of shards i with i % world_size == r and rank 0
     writes the manifest. `progress` is an optional rich Progress (rank 0 only shows it).
     Returns a BuildSummary (totals over the whole cache on rank 0)."""
     t0 = time.time()
-    spec = spec if isinstance(spec, CacheSpec) else load_spec(spec, overrides)
-    teacher, out = Path(teacher), Path(out)
+    spec, data, batch_size, workers, device = config.spec, config.data, config.batch_size, config.workers, config.device
+    spec = spec if isinstance(spec, CacheSpec) else load_spec(spec, config.overrides)
+    teacher, out = Path(config.teacher), Path(config.out)
     if batch_size < 1:
         raise SaltCacheError(f"--batch-size: expected >= 1, got {batch_size}")
     if workers < 0:

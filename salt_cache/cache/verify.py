@@ -25,6 +25,7 @@ from salt_cache.cache.store import (
     ROW_ARRAYS, done_path, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage,
     read_done, row_checksum, stats_problem, store_digest, store_files, stored_dtype,
 )
+from salt_cache.config import path_field
 from salt_cache.errors import SaltCacheError
 
 # re-encoding tolerances: (max relative L2 error, min cosine) of a stored row against the teacher
@@ -84,19 +85,52 @@ class VerifyReport:
         return d
 
 
-def verify_cache(cache, data=None, teacher=None, sample: int = 0, seed: int = 0, device: str = "cpu",
-                 digest: bool = True, rows: bool = True, progress=None) -> list[Problem]:
-    """All problems found in `cache` (an empty list when it is sound). See `run_verify`."""
-    return run_verify(cache, data, teacher, sample, seed, device, digest, rows, progress).problems
+@dataclass(frozen=True)
+class VerifyConfig:
+    """`salt-cache verify` and the recipe kind verify. cache: the cache folder; data: shards
+    whose clips must be exactly the cache's keys; teacher: a checkpoint whose sha256 must match,
+    with `sample` rows (picked by `seed`) re-encoded on `device`; digest / rows: the two full
+    reads (store digests, per-row checks); out: where to write the report as JSON (None: not)."""
+
+    cache: Path = path_field()
+    data: str | list[str] | None = path_field(default=None)
+    teacher: Path | None = path_field(default=None)
+    sample: int = 8
+    seed: int = 0
+    device: str = "cpu"
+    digest: bool = True
+    rows: bool = True
+    out: Path | None = path_field(default=None)
 
 
-def run_verify(cache, data=None, teacher=None, sample: int = 0, seed: int = 0, device: str = "cpu",
-               digest: bool = True, rows: bool = True, progress=None) -> VerifyReport:
-    """Verify `cache`; `data`: shards whose clips must be exactly the cache's keys; `teacher`: a
-    checkpoint whose sha256 must match, with `sample` rows re-encoded on `device`; `digest` /
-    `rows`: turn off the two full reads (store digests, per-row checks)."""
+def report_passed(path: Path) -> bool:
+    """A report that `run_verify` wrote to `path` says the cache was sound."""
+    try:
+        return json.loads(Path(path).read_text()).get("ok") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def verify_cache(cache, progress=None, **options) -> list[Problem]:
+    """All problems found in `cache` (an empty list when it is sound); `options`: the other
+    fields of VerifyConfig."""
+    return run_verify(VerifyConfig(cache=cache, **options), progress).problems
+
+
+def run_verify(config: VerifyConfig, progress=None) -> VerifyReport:
+    """Verify a cache as `config` says -> VerifyReport (also written to `config.out`)."""
+    rep = _verify(config, progress)
+    if config.out is not None:
+        from salt_cache.console import write_json
+
+        write_json(Path(config.out), rep.to_dict())
+    return rep
+
+
+def _verify(config: VerifyConfig, progress) -> VerifyReport:
+    cache, data, teacher, sample = Path(config.cache), config.data, config.teacher, config.sample
+    seed, device, digest, rows = config.seed, config.device, config.digest, config.rows
     t0 = time.time()
-    cache = Path(cache)
     rep = VerifyReport(cache=str(cache))
     P = rep.problems.append
 

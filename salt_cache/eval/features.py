@@ -127,15 +127,15 @@ def encoder_checkpoint(path: Path, workdir: Path) -> tuple[Path, dict, dict]:
                                          "clip": clip, "clip_from": f"{source.name} run clip"}
 
 
-def encode_split(encoder_ckpt: Path, paths: list[Path], spec, cache_dir: Path, batch_size: int = 8,
-                 workers: int = 2, device: str = "cpu", progress=None) -> dict:
+def encode_split(encoder_ckpt: Path, paths: list[Path], spec, cache_dir: Path, *, batch_size: int, workers: int,
+                 device: str, progress=None) -> dict:
     """Encode every clip x view of `paths` once into a feature cache at `cache_dir` (a re-run
     finds the stores complete and encodes nothing). -> the build summary's counts as a dict
     (`rows_built`: encoder forwards of this call, one per clip x view)."""
-    from salt_cache.cache import build_cache
+    from salt_cache.cache import BuildConfig, build_cache
 
-    summary = build_cache(Path(encoder_ckpt), paths, spec, Path(cache_dir), batch_size=batch_size,
-                          workers=workers, device=device, progress=progress)
+    summary = build_cache(BuildConfig(Path(encoder_ckpt), paths, spec, Path(cache_dir), batch_size=batch_size,
+                          workers=workers, device=device), progress=progress)
     s = summary.to_dict()
     keep = ("clips", "rows", "ok", "failed", "clips_built", "rows_built", "stores_built", "stores_skipped", "wall_s")
     return {**{k: s[k] for k in keep}, "failures": s["failures"][:20]}

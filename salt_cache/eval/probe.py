@@ -338,11 +338,16 @@ def head_grid(records: list[dict]) -> dict:
     return {"lrs": lrs, "wds": wds, "top1": top1}
 
 
+def report_path(out: Path, name: str = "probe.json") -> Path:
+    """Where a report given `out` goes: `out` itself when it is a .json file, else out/`name`."""
+    out = Path(out)
+    return out if out.suffix == ".json" else out / name
+
+
 def write_report(report: dict, out: Path, name: str = "probe.json") -> Path:
     """Write JSON to `out` (a .json file, or a folder that gets `name`)."""
     from salt_cache.console import write_json
 
-    out = Path(out)
-    path = out if out.suffix == ".json" else out / name
+    path = report_path(out, name)
     write_json(path, report)
     return path

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from salt_cache.config import path_field
 from salt_cache.errors import DecodeError, SaltCacheError
 from salt_cache.shards.read import INDEX_NAME
 from salt_cache.video import VIDEO_EXTENSIONS, VideoInfo, probe_video
@@ -128,13 +129,32 @@ def _probe_all(sources: list[Source], workers: int, timeout: float) -> Iterator[
                 yield s, f"probe failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
 
 
-def write_shards(src: Path, out: Path, shard_size: int = 100, overwrite: bool = False,
-                 workers: int = 2, timeout: float = PROBE_TIMEOUT_S, progress=None) -> PackSummary:
-    """Pack the videos of `src` into `out/shard-NNNNNN.tar` with `out/index.json`.
+@dataclass(frozen=True)
+class ShardsConfig:
+    """`salt-cache shards` and the recipe kind shards: videos `src` (a folder or a CSV / JSONL
+    manifest) packed into `out`, `shard_size` samples per shard, probed by `workers` processes
+    with a `timeout` each; `overwrite` replaces a non-empty `out`."""
+
+    src: Path = path_field()
+    out: Path = path_field()
+    shard_size: int = 100
+    workers: int = 2
+    overwrite: bool = False
+    timeout: float = PROBE_TIMEOUT_S
+
+
+def is_packed(out: Path) -> bool:
+    """`out` holds a finished packing (its index.json is written last)."""
+    return (Path(out) / INDEX_NAME).is_file()
+
+
+def write_shards(config: ShardsConfig, progress=None) -> PackSummary:
+    """Pack the videos of `config.src` into `out/shard-NNNNNN.tar` with `out/index.json`.
 
     Undecodable files are listed in `out/rejected.jsonl` (path and reason) and not packed."""
     import webdataset as wds
 
+    src, out, shard_size, workers = config.src, config.out, config.shard_size, config.workers
     if shard_size < 1:
         raise SaltCacheError(f"--shard-size: expected >= 1, got {shard_size}")
     out = Path(out)
@@ -142,7 +162,7 @@ def write_shards(src: Path, out: Path, shard_size: int = 100, overwrite: bool = 
     if not sources:
         raise SaltCacheError(f"{src}: no videos found (extensions {', '.join(VIDEO_EXTENSIONS)})")
     if out.exists() and any(out.iterdir()):
-        if not overwrite:
+        if not config.overwrite:
             raise SaltCacheError(f"{out}: folder is not empty (pass --overwrite to replace it)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +181,7 @@ def write_shards(src: Path, out: Path, shard_size: int = 100, overwrite: bool = 
             writer = None
 
     task = progress.add_task("probing + packing", total=len(sources)) if progress else None
-    for source, result in _probe_all(sources, workers, timeout):
+    for source, result in _probe_all(sources, workers, config.timeout):
         if progress:
             progress.advance(task)
         if isinstance(result, str):
