@@ -149,7 +149,9 @@ def test_bad_inputs_end_with_one_line(ref, tmp_path):
     assert "storage.rows_per_shrd: unknown field" in run(spec=typo)
     assert "spec 'nospec'" in run(spec="nospec")
     t16 = make_teacher(tmp_path / "t16.pt", patch=16)
-    assert "teacher has patch_size 16 and tubelet_size 2, but spec 'test32' asks for patch_size 8" in run(teacher=t16)
+    msg = run(teacher=t16)
+    assert "teacher has patch_size 16 and tubelet_size 2, but spec 'test32' asks for patch_size 8" in msg
+    assert "init-model --patch-size 8 --tubelet-size 2" in msg  # the refusal names the flag to use
     (tmp_path / "empty").mkdir()
     assert "empty: no .tar shards in this folder" in run(data=tmp_path / "empty")
     odd = write_spec(tmp_path / "odd.yaml")

@@ -40,7 +40,9 @@ DECODE_TIMEOUT_S = 600.0
 @dataclass
 class BuildSummary:
     """What a build did. Totals (clips, rows, ok, failed, bytes) cover every finished store of the
-    cache; `*_built` cover this run. bytes_per_row is on disk; fp32_bytes_per_row = tokens * D * 4."""
+    cache; `*_built` cover this run. bytes_per_row is on disk; fp32_bytes_per_row = tokens * D * 4.
+    wall_s includes start-up (teacher, shard index, checks); encode_s and clips_per_s measure the
+    encoding alone, over the same interval as the progress bar."""
 
     out: str
     complete: bool
@@ -60,7 +62,8 @@ class BuildSummary:
     clips_built: int = 0
     rows_built: int = 0
     wall_s: float = 0.0
-    clips_per_s: float = 0.0
+    encode_s: float = 0.0  # from the first clip asked of the decoders to the last store written (rank 0)
+    clips_per_s: float = 0.0  # clips_built / encode_s: the rate the progress bar shows
     rank: int = 0
     world_size: int = 1
 
@@ -76,7 +79,9 @@ def _check_teacher(spec: CacheSpec, teacher: Path, config: dict, meta: dict | No
     if (p, t) != (spec.patch_size, spec.tubelet_size):
         raise SaltCacheError(
             f"{teacher}: teacher has patch_size {p} and tubelet_size {t}, but spec {spec.name!r} asks for "
-            f"patch_size {spec.patch_size} and tubelet_size {spec.tubelet_size}")
+            f"patch_size {spec.patch_size} and tubelet_size {spec.tubelet_size}: make the teacher with "
+            f"init-model --patch-size {spec.patch_size} --tubelet-size {spec.tubelet_size} (train-teacher: --set "
+            f"model.patch_size={spec.patch_size}), or pass --set patch_size={p} --set tubelet_size={t} to build")
     if c != 3:
         raise SaltCacheError(f"{teacher}: teacher expects {c} input channels, clips have 3")
     want = (meta or {}).get("input")
@@ -228,6 +233,7 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
     items = [ClipItem(store=pos, sample=j, shard=str(shards[i]), tar=s)
              for pos, i in enumerate(pending) for j, s in enumerate(samples[i])]
     show = progress if env.is_main else None
+    t_encode = time.monotonic()  # the bar's clock (rich uses time.monotonic) starts here too
     task = show.add_task("encoding" + (f" (rank 0 of {env.world_size})" if env.distributed else ""),
                          total=len(items)) if show else None
 
@@ -283,18 +289,21 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
         if doc is not None:
             doc = refresh_manifest(out, doc, full=False)
     del it, loader
+    encode_s = time.monotonic() - t_encode
+    if show:
+        show.stop_task(task)  # the bar's rate: clips over the same interval as encode_s
 
     clips_built, rows_all = (round(v) for v in dist.all_reduce_sum(torch.tensor([len(items), rows_built]), env).tolist())
     dist.barrier(env)
     doc = refresh_manifest(out, CacheHeader.read(out)) if env.is_main else CacheHeader.read(out)
-    summary = _summarize(out, doc, skipped, cleared, len(pending), clips_built, rows_all, env, t0)
+    summary = _summarize(out, doc, skipped, cleared, len(pending), clips_built, rows_all, env, t0, encode_s)
     if env.is_main:
         replace(doc, summary=summary.to_dict()).write(out)
     return summary
 
 
 def _summarize(out: Path, doc: CacheHeader, skipped: int, cleared: int, built: int,
-               clips_built: int, rows_built: int, env: dist.DistEnv, t0: float) -> BuildSummary:
+               clips_built: int, rows_built: int, env: dist.DistEnv, t0: float, encode_s: float) -> BuildSummary:
     stores = doc.stores
     total = len(doc.shards)
     rows = sum(s["rows"] for s in stores.values())
@@ -307,6 +316,6 @@ def _summarize(out: Path, doc: CacheHeader, skipped: int, cleared: int, built: i
         clips=sum(s["clips"] for s in stores.values()), rows=rows, ok=sum(s["ok"] for s in stores.values()),
         failed=sum(s["failed"] for s in stores.values()), failures=failures, bytes=nbytes,
         bytes_per_row=nbytes / rows if rows else 0.0, fp32_bytes_per_row=doc.tokens * doc.teacher_dim * 4,
-        clips_built=clips_built, rows_built=rows_built, wall_s=round(wall, 3),
-        clips_per_s=round(clips_built / wall, 3) if wall > 0 else 0.0, rank=env.rank, world_size=env.world_size,
+        clips_built=clips_built, rows_built=rows_built, wall_s=round(wall, 3), encode_s=round(encode_s, 3),
+        clips_per_s=round(clips_built / encode_s, 3) if encode_s > 0 else 0.0, rank=env.rank, world_size=env.world_size,
     )

@@ -168,6 +168,11 @@ class TrainConfig:
         if self.optim.warmup_steps is None:
             self.optim.warmup_steps = min(PAPER_WARMUP_STEPS, max(1, self.steps // 10))
 
+    def head(self) -> HeadConfig | None:
+        """The narrow transformer the stage trains on top of the encoder (Stage 1's decoder,
+        Stage 2's predictor), for the CPU memory estimate; each stage's config names it."""
+        return None
+
     @property
     def grid(self) -> tuple[int, int, int]:
         """Token grid (T', H', W') of one clip."""

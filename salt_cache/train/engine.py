@@ -9,8 +9,9 @@ so Stage 1 and Stage 2 share everything here.
 
 A stage's `train()` (teacher.py is the reference) keeps this order; the comments say why:
   1. env = dist.setup(config.device, config.workers); dist.teardown(env) in a finally.
-  2. Resolve shards, the per-rank micro-batch, `check_splits` -- before `Run(...)`, so a run
-     that cannot start writes nothing.
+  2. inputs = check_inputs(...): shards, the per-rank micro-batch, workers; the stage's own
+     refusals; check_memory (CPU) -- all before `Run(...)`, so a run that cannot start writes
+     nothing.
   3. run = Run(out, config, env, STAGE, interval.columns(), val_columns, resume).
   4. torch.manual_seed(config.seed); build the modules; make_optimizer; run.restore(modules,
      optimizer); interval.load_state(run.state["interval"]) when resuming.
@@ -186,9 +187,21 @@ class Interval:
                 + ["lr", "wd", "grad_norm", "samples_per_s", "data_wait_frac", "skipped"])
 
 
-def check_inputs(config, env: dist.DistEnv, stop_at: int | None) -> tuple[list, list | None, int]:
-    """Validate what a run needs before anything is written: (train shards, val shards or None,
-    per-rank micro-batch size)."""
+@dataclass(frozen=True)
+class Inputs:
+    """What a run trains on, checked before anything is written: train shards, val shards (or
+    None), the per-rank micro-batch and the DataLoader workers per rank (config.workers, or
+    fewer when the shards cannot give each worker a split of its own)."""
+
+    shards: list
+    val_shards: list | None
+    per_rank: int
+    workers: int
+
+
+def check_inputs(config, env: dist.DistEnv, stop_at: int | None) -> Inputs:
+    """Validate what a run needs before anything is written (see `Inputs`)."""
+    from salt_cache.console import console
     from salt_cache.shards import resolve_shards
     from salt_cache.train.data import check_splits
 
@@ -200,26 +213,43 @@ def check_inputs(config, env: dist.DistEnv, stop_at: int | None) -> tuple[list, 
     if rest or per_rank < 1:
         raise SaltCacheError(f"batch_size: {config.batch_size} does not split into {env.world_size} process(es) "
                              f"x grad_accum {config.grad_accum} equal micro-batches")
-    check_splits(len(shards), env.world_size, config.workers)
+    # every worker of every rank streams shards of its own: more workers than that would idle
+    workers = min(config.workers, max(1, len(shards) // env.world_size))
+    check_splits(len(shards), env.world_size, workers)
+    if workers < config.workers and env.is_main:
+        console.print(f"[yellow]note:[/] {len(shards)} train shards feed {workers} DataLoader worker(s) per process, "
+                      f"not {config.workers} (each worker needs a shard of its own; more, smaller shards allow more)",
+                      highlight=False)
     if stop_at is not None and stop_at < 1:
         raise SaltCacheError(f"--stop-at: expected a step >= 1, got {stop_at}")
-    return shards, val_shards, per_rank
+    return Inputs(shards, val_shards, per_rank, workers)
 
 
-def make_loaders(config, stage, shards: list, val_shards: list | None, per_rank: int, env: dist.DistEnv, run,
-                 missing_val: str) -> tuple:
-    """(TrainData for this rank, at the run's data position; ValSet or None). `missing_val` says
-    what a run without validation shards goes without."""
+def check_memory(config, inputs: Inputs, env: dist.DistEnv) -> None:
+    """On CPU, refuse a run whose step would not fit in memory (`memory.check_cpu_memory`):
+    after the stage's own refusals, before `Run(...)` writes anything."""
+    import os
+
+    from salt_cache.train.memory import check_cpu_memory
+
+    if env.device.type == "cpu":
+        check_cpu_memory(config, inputs.per_rank, int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size)))
+
+
+def make_loaders(config, samples, inputs: Inputs, env: dist.DistEnv, run, missing_val: str) -> tuple:
+    """(TrainData for this rank, at the run's data position; ValSet or None), both with the
+    per-sample stage `samples`. `missing_val` says what a run without validation shards goes
+    without."""
     from salt_cache.console import console
     from salt_cache.train.data import TrainData
 
-    data = TrainData(shards, stage, batch_size=per_rank, grid=config.grid, mask_sets=tuple(config.masks),
-                     seed=config.seed, rank=env.rank, world_size=env.world_size, workers=config.workers,
-                     shuffle_buffer=config.data.shuffle_buffer, pin_memory=env.device.type == "cuda",
-                     state=run.data_state())
+    data = TrainData(inputs.shards, samples, batch_size=inputs.per_rank, grid=config.grid,
+                     mask_sets=tuple(config.masks), seed=config.seed, rank=env.rank, world_size=env.world_size,
+                     workers=inputs.workers, shuffle_buffer=config.data.shuffle_buffer,
+                     pin_memory=env.device.type == "cuda", state=run.data_state())
     val = None
-    if val_shards and config.val_batches:
-        val = ValSet(val_shards, stage, config.data.val_batch_size, config.val_batches, config.grid,
+    if inputs.val_shards and config.val_batches:
+        val = ValSet(inputs.val_shards, samples, config.data.val_batch_size, config.val_batches, config.grid,
                      tuple(config.masks), config.seed)
     elif env.is_main:
         console.print(f"[yellow]no validation shards (data.val / --val): {missing_val}")

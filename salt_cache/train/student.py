@@ -42,7 +42,7 @@ from salt_cache.shards import shard_keys
 from salt_cache import dist
 from salt_cache.train.config import HeadConfig, TrainConfig, plain
 from salt_cache.train.data import PlanAndDecode, Sample, StageContext
-from salt_cache.train.engine import Interval, Stage, check_inputs, fit, make_loaders, val_columns
+from salt_cache.train.engine import Interval, Stage, check_inputs, check_memory, fit, make_loaders, val_columns
 from salt_cache.train.optim import make_optimizer
 from salt_cache.train.runs import Run, print_run_summary
 from salt_cache.video import decode_view, view_rng
@@ -84,6 +84,9 @@ class StudentConfig(TrainConfig):
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     target_norm: Literal["layer_norm", "none"] = "layer_norm"
     loss: Literal["l1", "mse", "smooth_l1"] = "l1"
+
+    def head(self) -> PredictorConfig:
+        return self.predictor
 
     @property
     def mode(self) -> str:
@@ -279,8 +282,9 @@ def build_model(config: StudentConfig, teacher_dim: int | None = None, teacher: 
 def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, env: dist.DistEnv,
            show_progress: bool) -> dict:
     t_start = time.perf_counter()
-    shards, val_shards, per_rank = check_inputs(config, env, stop_at)
-    fingerprint, teacher_dim, teacher = _targets_source(config, shards, val_shards, env)
+    inputs = check_inputs(config, env, stop_at)
+    fingerprint, teacher_dim, teacher = _targets_source(config, inputs.shards, inputs.val_shards, env)
+    check_memory(config, inputs, env)
     interval = Interval([m.name for m in config.masks])
     run = Run(out, config, env, STAGE, interval.columns(), val_columns(interval.set_names, config.val_rank_rows > 0), resume=resume)
 
@@ -298,7 +302,7 @@ def _train(config: StudentConfig, out: Path, resume: bool, stop_at: int | None, 
         samples = CacheJoin(Path(config.cache), config.seed, latents=teacher is None)
     else:
         samples = PlanAndDecode(config.clip, config.seed)
-    data, val = make_loaders(config, samples, shards, val_shards, per_rank, env, run,
+    data, val = make_loaders(config, samples, inputs, env, run,
                              missing_val="no validation distillation loss")
     if config.compile:
         model.student.compile(dynamic=True)

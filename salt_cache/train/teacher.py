@@ -28,7 +28,7 @@ from salt_cache.models import Predictor, VideoViT
 from salt_cache import dist
 from salt_cache.train.config import HeadConfig, TrainConfig, plain
 from salt_cache.train.data import PlanAndDecode, to_device
-from salt_cache.train.engine import Interval, Stage, check_inputs, fit, make_loaders, val_columns
+from salt_cache.train.engine import Interval, Stage, check_inputs, check_memory, fit, make_loaders, val_columns
 from salt_cache.train.optim import make_optimizer
 from salt_cache.train.runs import Run, print_run_summary
 
@@ -46,6 +46,9 @@ class DecoderConfig(HeadConfig):
 class TeacherConfig(TrainConfig):
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     norm_pix: bool = True  # per-patch, per-channel target normalization (VideoMAE)
+
+    def head(self) -> DecoderConfig:
+        return self.decoder
 
 
 # ---------------------------------------------------------------- target and loss
@@ -183,7 +186,8 @@ def train(config: TeacherConfig, out: Path, resume: bool = False, stop_at: int |
 def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, env: dist.DistEnv,
            show_progress: bool) -> dict:
     t_start = time.perf_counter()
-    shards, val_shards, per_rank = check_inputs(config, env, stop_at)
+    inputs = check_inputs(config, env, stop_at)
+    check_memory(config, inputs, env)
     interval = Interval([m.name for m in config.masks])
     run = Run(out, config, env, STAGE, interval.columns(), val_columns(interval.set_names, config.val_rank_rows > 0), resume=resume)
 
@@ -195,7 +199,7 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
     if run.state is not None:
         interval.load_state(run.state["interval"])
 
-    data, val = make_loaders(config, PlanAndDecode(config.clip, config.seed), shards, val_shards, per_rank, env, run,
+    data, val = make_loaders(config, PlanAndDecode(config.clip, config.seed), inputs, env, run,
                              missing_val="no validation loss; pictures use train clips")
     if config.compile:
         # in place: state-dict keys stay unprefixed; dynamic: context/target counts vary per batch
