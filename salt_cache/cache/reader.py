@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from salt_cache.cache.header import CacheHeader
-from salt_cache.cache.store import STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage
+from salt_cache.cache.store import STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage, open_group
 from salt_cache.errors import SaltCacheError
 from salt_cache.spec import CacheSpec
 from salt_cache.video import View
@@ -90,11 +90,9 @@ class CacheReader:
         if g is None:
             if store not in self.header.stores:
                 raise SaltCacheError(f"{self.root}: no finished store {store!r} in the manifest")
-            import zarr
-
             path = self.root / STORES_DIR / store
+            grp = open_group(path)
             try:
-                grp = zarr.open_group(path, mode="r", zarr_format=3)
                 g = self._groups[store] = {"group": grp, "latents": grp["latents"]}
             except Exception as e:
                 raise SaltCacheError(f"{path}: cannot open store ({type(e).__name__}: {str(e)[:120]})") from None

@@ -22,8 +22,8 @@ import torch
 from salt_cache.cache.header import CACHE_JSON, CacheHeader
 from salt_cache.cache.manifest import stray_entries
 from salt_cache.cache.store import (
-    ROW_ARRAYS, done_path, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage,
-    read_done, row_checksum, stats_problem, store_digest, store_files, stored_dtype,
+    ROW_ARRAYS, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, done_path, from_storage, open_group, read_done,
+    row_checksum, stats_problem, store_digest, store_files, stored_dtype,
 )
 from salt_cache.config import path_field
 from salt_cache.errors import SaltCacheError
@@ -234,10 +234,8 @@ def _verify(config: VerifyConfig, progress) -> VerifyReport:
 
 
 def _open_arrays(path: Path, done: dict, tokens: int, dim: int, dtype: str, P, name: str) -> dict | None:
-    import zarr
-
     try:
-        g = zarr.open_group(path, mode="r", zarr_format=3)
+        g = open_group(path)
         lat = g["latents"]
         arrays = {"latents": lat}
         for a in ROW_ARRAYS:
