@@ -192,26 +192,23 @@ def read_done(path: Path) -> dict | None:
     return _load_record(done_path(path)) or _load_record(path / LEGACY_DONE_NAME)
 
 
+def _remove(path: Path) -> bool:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    else:
+        return False
+    return True
+
+
 def clear_partial(final: Path) -> bool:
     """Remove a store's temporary folder and temporary done record, and the final folder and
     done record unless the store is finished. Returns True when something was removed."""
-    final = Path(final)
-    removed = False
-    record, tmp_record = done_path(final), done_path(final).with_name(done_path(final).name + TEMP_SUFFIX)
-    tmp = final.with_name(final.name + TEMP_SUFFIX)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-        removed = True
-    if tmp_record.exists():
-        tmp_record.unlink()
-        removed = True
+    final, record = Path(final), done_path(final)
+    removed = _remove(final.with_name(final.name + TEMP_SUFFIX)) | _remove(record.with_name(record.name + TEMP_SUFFIX))
     if read_done(final) is None:
-        if final.exists():
-            shutil.rmtree(final)
-            removed = True
-        if record.exists():
-            record.unlink()
-            removed = True
+        removed = _remove(final) | _remove(record) | removed
     return removed
 
 

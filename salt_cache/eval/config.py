@@ -45,19 +45,10 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("workers", "max_memory_gb"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name}: expected >= 0, got {getattr(self, name)}")
-        if self.encode_batch_size < 1:
-            problems.append(f"encode_batch_size: expected >= 1, got {self.encode_batch_size}")
-        if self.depth < 1:
-            problems.append(f"depth: expected >= 1, got {self.depth}")
-        if self.epochs < 1:
-            problems.append(f"epochs: expected >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            problems.append(f"batch_size: expected >= 1, got {self.batch_size}")
-        if self.warmup_epochs < 0:
-            problems.append(f"warmup_epochs: expected >= 0, got {self.warmup_epochs}")
+        for name, low in (("workers", 0), ("encode_batch_size", 1), ("max_memory_gb", 0), ("depth", 1), ("epochs", 1),
+                          ("batch_size", 1), ("warmup_epochs", 0)):
+            if getattr(self, name) < low:
+                problems.append(f"{name}: expected >= {low}, got {getattr(self, name)}")
         grid = self.grid()
         if not grid:
             problems.append("lrs: expected at least one learning rate and one weight decay")
