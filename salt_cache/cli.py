@@ -343,7 +343,7 @@ def probe(
     if out is not None:
         console.print(f"report: {out}")
     if json_out:
-        typer.echo(json.dumps(report, indent=2, default=str))
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
 
 
 @app.command("train-teacher")

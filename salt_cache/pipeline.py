@@ -292,7 +292,7 @@ def _probe(c: ProbeStage, ctx: Ctx) -> dict:
         report = probe_encoder(c.encoder, c.train, c.val, cfgio.fields_of(c, ProbeConfig), out=c.out,
                                class_names=names, progress=bar)
     print_report(report)
-    return {"top1": report["top1"], "chance": report["chance"]}
+    return {"top1": report.top1, "chance": report.chance}
 
 
 def _probe_done(c: ProbeStage) -> bool:

@@ -208,30 +208,30 @@ def test_probe_end_to_end_encodes_each_view_once(demo, encoder, two_views, work,
                             workdir=work, out=tmp_path / "report", class_names=["right", "left", "grow", "shrink"])
     assert count.clips == (36 + 12) * 2
     on_disk = json.loads((tmp_path / "report" / "probe.json").read_text())
-    assert on_disk["top1"] == rep["top1"] and on_disk["best"]["per_class"] == rep["best"]["per_class"]
-    assert rep["num_classes"] == 4 and rep["chance"] == 0.25 and rep["classes"] == ["right", "left", "grow", "shrink"]
-    assert len(rep["heads"]) == 6 and {(h["lr"], h["wd"]) for h in rep["heads"]} == {
+    assert on_disk["top1"] == rep.top1 and on_disk["best"]["per_class"] == rep.best["per_class"]
+    assert rep.num_classes == 4 and rep.chance == 0.25 and rep.classes == ["right", "left", "grow", "shrink"]
+    assert len(rep.heads) == 6 and {(h["lr"], h["wd"]) for h in rep.heads} == {
         (lr, wd) for lr in (5e-3, 1e-3, 3e-4) for wd in (0.01, 0.1)}
-    assert all(0 <= h["top1"] <= 1 and np.isfinite(h["val_loss"]) and len(h["history"]) == 2 for h in rep["heads"])
-    assert rep["top1"] == max(h["top1"] for h in rep["heads"])
-    assert rep["selection"] == "best of 6 heads on val (as V-JEPA 2)"
-    assert rep["top1_se"] == pytest.approx((rep["top1"] * (1 - rep["top1"]) / 12) ** 0.5)
+    assert all(0 <= h["top1"] <= 1 and np.isfinite(h["val_loss"]) and len(h["history"]) == 2 for h in rep.heads)
+    assert rep.top1 == max(h["top1"] for h in rep.heads)
+    assert rep.selection == "best of 6 heads on val (as V-JEPA 2)"
+    assert rep.top1_se == pytest.approx((rep.top1 * (1 - rep.top1) / 12) ** 0.5)
     # 12 val clips: one standard error is far above 2.5 points, and the report says so
-    assert rep["top1_se"] == 0 or any("validation sets must be large enough that one standard error is <= 2.5 points"
-                                      in n for n in rep["notes"])
-    assert rep["task"] == "demo task (direction of time)" and rep["spec_from"] == "--spec"
-    assert len(rep["data"]["train"]) == 4 and rep["data"]["val"][0].endswith("shard-000000.tar")
+    assert rep.top1_se == 0 or any("validation sets must be large enough that one standard error is <= 2.5 points"
+                                      in n for n in rep.notes)
+    assert rep.task == "demo task (direction of time)" and rep.spec_from == "--spec"
+    assert len(rep.data["train"]) == 4 and rep.data["val"][0].endswith("shard-000000.tar")
     for split, rows in (("train", 72), ("val", 24)):
-        r = rep["ranks"][split]
+        r = rep.ranks[split]
         assert r["rows"] == rows and 1 < r["rankme_clip"] <= 96 and 1 < r["rankme_token"] <= 96 and r["erank_token"] > 1
-    assert rep["grid"]["lrs"] == [5e-3, 1e-3, 3e-4] and rep["grid"]["wds"] == [0.01, 0.1]
-    assert rep["grid"]["top1"][1][1] == next(h["top1"] for h in rep["heads"] if (h["lr"], h["wd"]) == (1e-3, 0.1))
-    per = rep["best"]["per_class"]
+    assert rep.grid["lrs"] == [5e-3, 1e-3, 3e-4] and rep.grid["wds"] == [0.01, 0.1]
+    assert rep.grid["top1"][1][1] == next(h["top1"] for h in rep.heads if (h["lr"], h["wd"]) == (1e-3, 0.1))
+    per = rep.best["per_class"]
     assert sum(v["count"] for v in per.values()) == 12
     # the best head's top-1 is the count-weighted mean of its per-class accuracies
-    assert sum(v["accuracy"] * v["count"] for v in per.values()) / 12 == pytest.approx(rep["top1"])
+    assert sum(v["accuracy"] * v["count"] for v in per.values()) / 12 == pytest.approx(rep.top1)
     for split, clips in (("train", 36), ("val", 12)):
-        f = rep["features"][split]
+        f = rep.features[split]
         assert (f["clips_used"], f["rows"], f["tokens"], f["dim"]) == (clips, 2 * clips, 32, 96)
         reader = CacheReader(Path(f["cache"]))
         assert len(reader.keys()) == clips and sum(len(reader.rows(k)) for k in reader.keys()) == 2 * clips
@@ -240,14 +240,14 @@ def test_probe_end_to_end_encodes_each_view_once(demo, encoder, two_views, work,
         rep2 = probe_encoder(encoder, demo / "train", demo / "val",
                              ProbeConfig(spec=spec, epochs=3, lrs=(1e-2,), wds=(0.0,), workers=0), workdir=work)
     assert again.clips == 0
-    assert rep2["features"]["train"]["build"]["rows_built"] == 0
-    assert [(h["lr"], h["wd"]) for h in rep2["heads"]] == [(1e-2, 0.0)]
-    assert len(rep2["heads"][0]["history"]) == 3
+    assert rep2.features["train"]["build"]["rows_built"] == 0
+    assert [(h["lr"], h["wd"]) for h in rep2.heads] == [(1e-2, 0.0)]
+    assert len(rep2.heads[0]["history"]) == 3
     # features too big for the memory budget are read from the cache per batch: same numbers
     lazy = probe_encoder(encoder, demo / "train", demo / "val",
                          ProbeConfig(spec=spec, epochs=3, lrs=(1e-2,), wds=(0.0,), workers=0, max_memory_gb=0),
                          workdir=work)
-    assert lazy["heads"][0]["history"] == rep2["heads"][0]["history"]
+    assert lazy.heads[0]["history"] == rep2.heads[0]["history"]
 
 
 def test_probe_cli(demo, encoder, two_views, work, tmp_path):
@@ -386,14 +386,14 @@ def test_select_checkpoints_on_a_real_run(demo, tmp_path):
     # no spec: each checkpoint is probed on the run's own clip (config clip), centre-cropped
     res = select_checkpoints(run, train_shards, demo / "val", ProbeConfig(epochs=2, lrs=(1e-3,), wds=(0.01,), workers=1),
                              loss_window=2, workdir=tmp_path / "w", out=tmp_path / "sel")
-    assert res["spec"]["clip"]["crop"] == "center" and (res["spec"]["clip"]["frames"], res["spec"]["clip"]["size"]) == (4, 32)
+    assert res.spec["clip"]["crop"] == "center" and (res.spec["clip"]["frames"], res.spec["clip"]["size"]) == (4, 32)
     log = read_log(run / "log.csv")
-    assert [p["step"] for p in res["points"]] == [1, 2, 3]
-    for p in res["points"]:
+    assert [p["step"] for p in res.points] == [1, 2, 3]
+    for p in res.points:
         assert p["loss"] == pytest.approx(loss_at(log, p["step"], 2)[0]) and p["loss_rows"] == min(2, p["step"])
         assert 0 <= p["top1"] <= 1
-    fit = linear_fit([p["loss"] for p in res["points"]], [p["top1"] for p in res["points"]])
-    assert res["fit"] == fit and res["stage"] == "teacher"
+    fit = linear_fit([p["loss"] for p in res.points], [p["top1"] for p in res.points])
+    assert res.fit == fit and res.stage == "teacher"
     assert json.loads((tmp_path / "sel" / "selection.json").read_text())["fit"] == fit
     assert (tmp_path / "sel" / "selection.png").read_bytes()[:4] == b"\x89PNG"
     from io import StringIO

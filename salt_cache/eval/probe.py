@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,41 @@ from salt_cache.shards import task_info
 # one binomial standard error of the best head's top-1 above this many points earns a warning
 MAX_SE_POINTS = 2.5
 RANK_ROWS = 1024  # feature rows (clip x view) per split behind the report's RankMe / effective rank
+
+
+@dataclass
+class ProbeReport:
+    """What `probe_encoder` returns, and writes as JSON (`to_dict`). top1: the best head's val
+    top-1 (chosen on val: `selection`), top1_se its binomial standard error; best: that head's
+    lr, wd, val loss and per-class accuracy; heads: every head's (lr, wd, top-1, history), grid:
+    the same as an lr x wd table; ranks: RankMe / effective rank of each split's features;
+    encoder, task, data, spec, spec_from (where the clip geometry came from), probe (the
+    ProbeConfig), features (per split: cache, clips, rows, tokens, width, encoder forwards of
+    this call), classes, chance, majority, notes, wall_s."""
+
+    encoder: dict
+    task: str
+    data: dict
+    spec: dict
+    spec_from: str | None
+    probe: dict
+    features: dict
+    classes: list
+    num_classes: int
+    chance: float
+    majority: float
+    top1: float
+    top1_se: float
+    selection: str
+    ranks: dict
+    best: dict
+    heads: list
+    grid: dict
+    notes: list
+    wall_s: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def make_heads(dim: int, num_classes: int, config: "ProbeConfig") -> ProbeHeads:
@@ -194,7 +229,7 @@ def per_class_accuracy(pred: np.ndarray, target: np.ndarray, names: list) -> dic
 
 def probe_encoder(encoder_ckpt: Path, train, val, config: ProbeConfig = ProbeConfig(), *,
                   workdir: Path | None = None, out: Path | None = None, class_names: list[str] | None = None,
-                  progress=None) -> dict:
+                  progress=None) -> ProbeReport:
     """Frozen evaluation of an encoder checkpoint with attentive probes, as `config` says.
 
     encoder_ckpt: an encoder checkpoint, or a training run's checkpoint or folder (its encoder is
@@ -203,12 +238,7 @@ def probe_encoder(encoder_ckpt: Path, train, val, config: ProbeConfig = ProbeCon
     folder, removed afterwards). `class_names[i]` names integer label i in the report (default:
     the "classes" of the val data's task.json, see `shards.task_info`).
 
-    Returns the report (also written as JSON to `out`, a .json file or a folder): the best
-    head's top-1 (chosen on val, "selection") with its binomial standard error ("top1_se") and
-    per-class accuracy, chance, every head's (lr, wd, top-1, history), RankMe / effective rank of
-    each split's features ("ranks"), the data ("task", "data") and clip geometry ("spec",
-    "spec_from"), the feature caches (rows, tokens, width, encoder forwards of this call) and
-    wall times."""
+    Returns a ProbeReport (also written as JSON to `out`, a .json file or a folder)."""
     from salt_cache.checkpoint import file_sha256
     from salt_cache.shards import resolve_shards
 
@@ -278,33 +308,33 @@ def probe_encoder(encoder_ckpt: Path, train, val, config: ProbeConfig = ProbeCon
     if 100 * se > MAX_SE_POINTS:
         notes.append(f"one standard error of the best top-1 is {100 * se:.1f} points on {n_val} val clips: validation "
                      f"sets must be large enough that one standard error is <= {MAX_SE_POINTS:g} points")
-    report = {
-        "encoder": {"path": str(given), **source, "sha256": sha, "config": enc_cfg},
-        "task": task["name"],
-        "data": {split: [str(p) for p in ps] for split, ps in paths.items()},
-        "spec": to_dict(spec),
-        "spec_from": spec_from,
-        "probe": {**to_dict(config), "spec": None if config.spec is None else str(config.spec)},
-        "features": features,
-        "classes": [str(n) for n in names],
-        "num_classes": len(classes),
-        "chance": 1.0 / len(classes),
-        "majority": float(counts.max() / counts.sum()),
-        "top1": best["top1"],
-        "top1_se": se,
-        "selection": f"best of {len(run.records)} heads on val (as V-JEPA 2)",
-        "ranks": ranks,
-        "best": {"head": best["head"], "lr": best["lr"], "wd": best["wd"], "top1": best["top1"],
+    report = ProbeReport(
+        encoder={"path": str(given), **source, "sha256": sha, "config": enc_cfg},
+        task=task["name"],
+        data={split: [str(p) for p in ps] for split, ps in paths.items()},
+        spec=to_dict(spec),
+        spec_from=spec_from,
+        probe={**to_dict(config), "spec": None if config.spec is None else str(config.spec)},
+        features=features,
+        classes=[str(n) for n in names],
+        num_classes=len(classes),
+        chance=1.0 / len(classes),
+        majority=float(counts.max() / counts.sum()),
+        top1=best["top1"],
+        top1_se=se,
+        selection=f"best of {len(run.records)} heads on val (as V-JEPA 2)",
+        ranks=ranks,
+        best={"head": best["head"], "lr": best["lr"], "wd": best["wd"], "top1": best["top1"],
                  "val_loss": best["val_loss"],
                  "per_class": per_class_accuracy(run.predictions, run.targets, names)},
-        "heads": run.records,
-        "grid": head_grid(run.records),
-        "notes": notes,
-        "wall_s": {"features": round(t_features, 3), "ranks": round(t_ranks, 3), "train": round(t_train, 3),
+        heads=run.records,
+        grid=head_grid(run.records),
+        notes=notes,
+        wall_s={"features": round(t_features, 3), "ranks": round(t_ranks, 3), "train": round(t_train, 3),
                    "total": round(time.perf_counter() - t_start, 3)},
-    }
+    )
     if out is not None:
-        write_report(report, out)
+        write_report(report.to_dict(), out)
     return report
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -117,19 +118,39 @@ def plot_selection(points: list[dict], fit: dict, path: Path, title: str = "", s
     return path
 
 
+@dataclass
+class Selection:
+    """What `select_checkpoints` returns, and writes as selection.json (`to_dict`): one point
+    per checkpoint {step, checkpoint, loss, loss_rows, top1, lr, wd}, the linear fit of top-1 on
+    loss {slope, intercept, r2, pearson_r, n}, the best and the lowest-loss points, and the
+    probe's chance, config and clip spec; `plot`: selection.png when written."""
+
+    run: str
+    stage: str
+    loss_window: int
+    points: list
+    fit: dict
+    best: dict
+    lowest_loss: dict
+    chance: float
+    probe: dict
+    spec: dict
+    plot: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def select_checkpoints(run_dir: Path, train, val, config=None, *, steps: list[int] | None = None,
                        loss_window: int = 20, workdir: Path | None = None, out: Path | None = None,
-                       progress=None) -> dict:
+                       progress=None) -> Selection:
     """Probe each checkpoint of a Stage 2 run and relate its accuracy to the training loss.
 
     run_dir: a run folder (log.csv, checkpoints/step-NNNNNNN.pt); train / val: labelled shards;
     config: the `ProbeConfig` of every probe (default: its defaults); steps: only these checkpoint
     steps (default all). Each checkpoint's encoder is saved as an encoder checkpoint and encoded
     into its own feature cache, both under `workdir` (default: a temporary folder). `out` (a
-    folder) receives selection.json and selection.png.
-    -> {"points": [{step, checkpoint, loss, loss_rows, top1, lr, wd}], "fit": {slope, intercept,
-    r2, pearson_r, n}, "best": the point with the best top-1, "lowest_loss": the point with the
-    lowest loss, "stage", "chance", "probe", "spec", "plot" (with `out`)}."""
+    folder) receives selection.json and selection.png. -> Selection."""
     from salt_cache.eval.probe import ProbeConfig, probe_encoder
 
     config = config or ProbeConfig()
@@ -162,32 +183,25 @@ def select_checkpoints(run_dir: Path, train, val, config=None, *, steps: list[in
             # the run's encoder is saved as an encoder checkpoint under workdir/encoders, then
             # encoded into its own feature cache under workdir
             report = probe_encoder(path, train, val, config, workdir=workdir, progress=progress)
-            stages.add(report["encoder"]["stage"] or "student")
+            stages.add(report.encoder["stage"] or "student")
             reports.append(report)
             points.append({"step": step, "checkpoint": str(path), "loss": loss, "loss_rows": used,
-                           "top1": report["top1"], "lr": report["best"]["lr"], "wd": report["best"]["wd"]})
+                           "top1": report.top1, "lr": report.best["lr"], "wd": report.best["wd"]})
     finally:
         if tmp is not None:
             tmp.cleanup()
     fit = linear_fit([p["loss"] for p in points], [p["top1"] for p in points])
     stage = "/".join(sorted(stages))
-    result = {
-        "run": str(run_dir),
-        "stage": stage,
-        "loss_window": loss_window,
-        "points": points,
-        "fit": fit,
-        "best": max(points, key=lambda p: p["top1"]),
-        "lowest_loss": min(points, key=lambda p: p["loss"]),
-        "chance": reports[0]["chance"],
-        "probe": reports[0]["probe"],
-        "spec": reports[0]["spec"],
-    }
+    result = Selection(
+        run=str(run_dir), stage=stage, loss_window=loss_window, points=points, fit=fit,
+        best=max(points, key=lambda p: p["top1"]), lowest_loss=min(points, key=lambda p: p["loss"]),
+        chance=reports[0].chance, probe=reports[0].probe, spec=reports[0].spec,
+    )
     if out is not None:
         from salt_cache.console import write_json
 
         out = Path(out)
-        result["plot"] = str(plot_selection(points, fit, out / "selection.png", stage=stage,
-                                            title=f"{run_dir.name}: {stage} loss vs. probe top-1"))
-        write_json(out / "selection.json", result)
+        result.plot = str(plot_selection(points, fit, out / "selection.png", stage=stage,
+                                         title=f"{run_dir.name}: {stage} loss vs. probe top-1"))
+        write_json(out / "selection.json", result.to_dict())
     return result
