@@ -12,18 +12,25 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from salt_cache.config import path_field
 from salt_cache.errors import SaltCacheError
-from salt_cache.models import VideoViT, ViTConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from salt_cache.models import VideoViT
+
+# torch and the models are imported inside the functions, so InitConfig loads without torch (a fast CLI)
 
 FORMAT = "salt-cache"
 FORMAT_VERSION = 1
 
 
 def atomic_save(obj, path: Path) -> None:
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
@@ -33,6 +40,8 @@ def atomic_save(obj, path: Path) -> None:
 
 def save_encoder(path: Path, model: VideoViT, meta: dict | None = None) -> Path:
     """Write an encoder checkpoint (kind "encoder"): config + fp32 weights + meta."""
+    import torch
+
     state = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
              for k, v in model.state_dict().items()}
     atomic_save({"format": FORMAT, "version": FORMAT_VERSION, "kind": "encoder",
@@ -63,6 +72,8 @@ def init_encoder(config: InitConfig) -> tuple[Path, VideoViT]:
     records that clip, so `probe` reads the baseline on the same geometry as the trained
     encoders it is compared with. -> (path, encoder)."""
     import json
+
+    import torch
 
     from salt_cache.config import to_dict
     from salt_cache.models import build_encoder
@@ -98,6 +109,8 @@ def init_encoder(config: InitConfig) -> tuple[Path, VideoViT]:
 
 def load_checkpoint(path: Path, kind: str | None = None) -> dict:
     """Load any salt-cache checkpoint safely; `kind` checks what it holds."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise SaltCacheError(f"{path}: checkpoint not found")
@@ -115,6 +128,8 @@ def load_checkpoint(path: Path, kind: str | None = None) -> dict:
 
 def load_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[VideoViT, dict]:
     """Encoder checkpoint -> (model in eval mode on `device`, the checkpoint dict without weights)."""
+    from salt_cache.models import VideoViT, ViTConfig
+
     ckpt = load_checkpoint(path, kind="encoder")
     try:
         model = VideoViT(ViTConfig.from_dict(ckpt["config"]))

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from salt_cache import __version__
 from salt_cache.console import console, progress
-from salt_cache.cache import BuildConfig, VerifyConfig
+from salt_cache.cache.config import BuildConfig, VerifyConfig
 from salt_cache.checkpoint import InitConfig
 from salt_cache.demo import DemoConfig
 from salt_cache.errors import SaltCacheError

@@ -239,14 +239,18 @@ def _student(c: StudentStage, ctx: Ctx) -> dict:
     return {k: summary.get(k) for k in ("mode", "loss", "val_loss", "end_step", "student", "online", "data_wait_frac")}
 
 
-def _finished(stage_module: str) -> Callable:
-    def done(c: TrainStage) -> bool:
-        import importlib
+def _teacher_done(c: TrainStage) -> bool:
+    from salt_cache.train import teacher
+    from salt_cache.train.runs import RunFolder
 
-        from salt_cache.train.runs import RunFolder
+    return RunFolder(c.out).finished(teacher.EXPORT)
 
-        return RunFolder(c.out).finished(importlib.import_module(stage_module).EXPORT)
-    return done
+
+def _student_done(c: StudentStage) -> bool:
+    from salt_cache.train import student
+    from salt_cache.train.runs import RunFolder
+
+    return RunFolder(c.out).finished(student.EXPORT)
 
 
 def _build(c: BuildConfig, ctx: Ctx) -> dict:
@@ -321,10 +325,10 @@ KINDS: dict[str, Kind] = {
     "demo-data": Kind(DemoConfig, _demo, _demo_done),
     "init-model": Kind(InitConfig, _init, lambda c: Path(c.out).is_file()),
     "shards": Kind(ShardsConfig, _shards, _shards_done),
-    "train-teacher": Kind(TrainStage, _teacher, _finished("salt_cache.train.teacher")),
+    "train-teacher": Kind(TrainStage, _teacher, _teacher_done),
     "build": Kind(BuildConfig, _build, _build_done),
     "verify": Kind(VerifyStage, _verify, _verify_done),
-    "train-student": Kind(StudentStage, _student, _finished("salt_cache.train.student")),
+    "train-student": Kind(StudentStage, _student, _student_done),
     "probe": Kind(ProbeStage, _probe, _probe_done),
     "report": Kind(ReportConfig, _report, None),
 }

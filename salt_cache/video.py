@@ -13,8 +13,6 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from salt_cache.errors import DecodeError, SaltCacheError
 
@@ -219,6 +217,8 @@ def _random_resized_box(rng, h: int, w: int, scale, ratio) -> tuple[int, int, in
 
 def read_frames(data: bytes, frames: tuple[int, ...] | list[int], key: str = "<video>") -> torch.Tensor:
     """Decode the given frame indices -> uint8 [T, H, W, C]."""
+    import torch  # here, not at the top: specs and configs load without torch (a fast CLI)
+
     try:
         vr = _reader(data)
         n = len(vr)
@@ -237,6 +237,9 @@ def read_frames(data: bytes, frames: tuple[int, ...] | list[int], key: str = "<v
 
 def decode_view(data: bytes, view: View) -> torch.Tensor:
     """Video bytes + view -> normalized float32 clip [C, T, size, size]."""
+    import torch
+    import torch.nn.functional as F
+
     frames = read_frames(data, view.frames, view.key)
     x0, y0, x1, y1 = view.box
     if x1 > frames.shape[2] or y1 > frames.shape[1]:
@@ -250,6 +253,8 @@ def decode_view(data: bytes, view: View) -> torch.Tensor:
 
 def denormalize(clip: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """[C, T, H, W] normalized -> [C, T, H, W] in [0, 1], for pictures."""
+    import torch
+
     m = torch.tensor(mean, dtype=clip.dtype).view(3, 1, 1, 1)
     s = torch.tensor(std, dtype=clip.dtype).view(3, 1, 1, 1)
     return (clip * s + m).clamp(0, 1)

@@ -7,18 +7,26 @@
     CacheReader(cache)                                        (Stage 2, probe)
     CacheHeader.read(cache)                                   cache.json, typed (every reader)
 
-Modules: header (cache.json), manifest (new headers, resume checks, finished stores), store (one
+Modules: config (BuildConfig, VerifyConfig), header (cache.json), manifest (new headers, resume checks, finished stores), store (one
 Zarr store: layout, writer, done record), source (decoding the clips to encode), build, reader,
 verify, describe, tables (rich tables of the results).
 """
 
-from salt_cache.cache.build import BuildConfig, BuildSummary, build_cache
-from salt_cache.cache.describe import describe_cache
-from salt_cache.cache.header import CacheHeader, is_complete
-from salt_cache.cache.reader import CacheReader, RowRef
-from salt_cache.cache.verify import Problem, VerifyConfig, VerifyReport, run_verify, verify_cache
+from __future__ import annotations
 
-__all__ = [
-    "BuildConfig", "BuildSummary", "CacheHeader", "CacheReader", "Problem", "RowRef", "VerifyConfig", "VerifyReport",
-    "build_cache", "describe_cache", "is_complete", "run_verify", "verify_cache",
-]
+import importlib
+
+# what `from salt_cache.cache import X` gives, loaded on first use: the configs (cache.config)
+# load without torch, so the CLI that shows their defaults starts fast
+_EXPORTS = {
+    "BuildConfig": "config", "VerifyConfig": "config", "BuildSummary": "build", "build_cache": "build",
+    "describe_cache": "describe", "CacheHeader": "header", "is_complete": "header", "CacheReader": "reader",
+    "RowRef": "reader", "Problem": "verify", "VerifyReport": "verify", "run_verify": "verify", "verify_cache": "verify",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'salt_cache.cache' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"salt_cache.cache.{_EXPORTS[name]}"), name)

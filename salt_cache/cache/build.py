@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from salt_cache import dist
+from salt_cache.cache.config import BuildConfig
 from salt_cache.cache.header import CACHE_JSON, CacheHeader
 from salt_cache.cache.manifest import compatibility_problem, make_header, refresh_manifest
 from salt_cache.cache.source import ClipDataset, ClipItem
 from salt_cache.cache.store import STORES_DIR, StoreWriter, clear_partial, read_done, store_name
 from salt_cache.checkpoint import file_sha256, load_encoder
-from salt_cache.config import path_field
 from salt_cache.errors import SaltCacheError
 from salt_cache.shards import index_shard, resolve_shards
 from salt_cache.spec import CacheSpec, load_spec
@@ -151,23 +151,6 @@ def _encode(model, xs: list[torch.Tensor], device: torch.device) -> torch.Tensor
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         y = model(x)
     return y.float().cpu()
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """`salt-cache build` and the recipe kind build: the frozen teacher (an encoder checkpoint),
-    the shards (a folder, brace pattern, comma list or a list of them), the cache spec (a YAML
-    file, a bundled name, or a CacheSpec) with `overrides` ("storage.dtype=bfloat16"), the cache
-    folder, views per teacher forward, decoding processes, device."""
-
-    teacher: Path = path_field()
-    data: str | list[str] = path_field()
-    spec: str
-    out: Path = path_field()
-    batch_size: int = 8
-    workers: int = 2
-    device: str = "cpu"
-    overrides: list[str] = field(default_factory=list)
 
 
 def build_cache(config: BuildConfig, progress=None) -> BuildSummary:

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from salt_cache.cache.config import VerifyConfig
 from salt_cache.cache.header import CACHE_JSON, CacheHeader
 from salt_cache.cache.manifest import stray_entries
 from salt_cache.cache.store import (
     ROW_ARRAYS, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, done_path, from_storage, open_group, read_done,
     row_checksum, stats_problem, store_digest, store_files, stored_dtype,
 )
-from salt_cache.config import path_field
 from salt_cache.errors import SaltCacheError
 
 # re-encoding tolerances: (max relative L2 error, min cosine) of a stored row against the teacher
@@ -83,24 +83,6 @@ class VerifyReport:
         d["ok"] = self.ok
         d["problems"] = [{**asdict(p), "line": p.line()} for p in self.problems]
         return d
-
-
-@dataclass(frozen=True)
-class VerifyConfig:
-    """`salt-cache verify` and the recipe kind verify. cache: the cache folder; data: shards
-    whose clips must be exactly the cache's keys; teacher: a checkpoint whose sha256 must match,
-    with `sample` rows (picked by `seed`) re-encoded on `device`; digest / rows: the two full
-    reads (store digests, per-row checks); out: where to write the report as JSON (None: not)."""
-
-    cache: Path = path_field()
-    data: str | list[str] | None = path_field(default=None)
-    teacher: Path | None = path_field(default=None)
-    sample: int = 8
-    seed: int = 0
-    device: str = "cpu"
-    digest: bool = True
-    rows: bool = True
-    out: Path | None = path_field(default=None)
 
 
 def report_passed(path: Path) -> bool:
