@@ -219,7 +219,7 @@ def check_inputs(config, env: dist.DistEnv, stop_at: int | None) -> Inputs:
     if workers < config.workers and env.is_main:
         console.print(f"[yellow]note:[/] {len(shards)} train shards feed {workers} DataLoader worker(s) per process, "
                       f"not {config.workers} (each worker needs a shard of its own; more, smaller shards allow more)",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     if stop_at is not None and stop_at < 1:
         raise SaltCacheError(f"--stop-at: expected a step >= 1, got {stop_at}")
     return Inputs(shards, val_shards, per_rank, workers)
