@@ -90,18 +90,23 @@ def shards(
 @user_errors
 def demo_data(
     out: Path = typer.Argument(Path("demo"), help="Output folder: train/ and val/ shards, videos/, manifests."),
+    task: str = typer.Option(DemoConfig.task, help="time (direction of time) or shape (object shape)."),
     clips: int = typer.Option(DemoConfig.clips, help="Clips in all (balanced over the four classes)."),
+    val_clips: int = typer.Option(None, help="Val clips (default: a quarter of --clips)."),
     size: int = typer.Option(DemoConfig.size, help="Frame side in pixels (multiple of 16)."),
     frames: int = typer.Option(DemoConfig.frames, help="Frames per video."),
     seed: int = typer.Option(DemoConfig.seed, help="Seed: the same seed gives the same videos."),
     overwrite: bool = typer.Option(DemoConfig.overwrite, help="Replace a non-empty OUT."),
 ):
-    """Write the embedded demo dataset: four classes that differ only by the direction of time."""
+    """Write an embedded demo dataset: four classes that differ only by the direction of time
+    (--task time) or only by the object's shape (--task shape)."""
     from salt_cache.demo import make_demo_data
 
+    config = DemoConfig(out, task=task, clips=clips, val_clips=val_clips, size=size, frames=frames, seed=seed,
+                        overwrite=overwrite)
     with progress("clips") as bar:
-        summary = make_demo_data(DemoConfig(out, clips=clips, size=size, frames=frames, seed=seed, overwrite=overwrite), bar)
-    table = Table(title=f"demo data in {out}")
+        summary = make_demo_data(config, bar)
+    table = Table(title=f"demo data in {out} ({summary['task']})")
     table.add_column("split")
     table.add_column("clips", justify="right")
     table.add_column("shards", justify="right")
