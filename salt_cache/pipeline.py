@@ -18,6 +18,9 @@ owns its output (the cache's manifest, the run folder, the shard index, ...). A 
 whose run folder holds a checkpoint but no exported encoder resumes it. Wall times and results
 go to WORKDIR/pipeline.json.
 
+`foreach` blocks repeat their stages for every combination of some variables, e.g. the seeds and
+tasks of a study (`expand_foreach`).
+
 A new stage kind is one `Kind` in KINDS: its config class, how it runs, how to tell it is done.
 """
 
@@ -42,6 +45,7 @@ from salt_cache.eval.config import ProbeConfig
 from salt_cache.report import ReportConfig
 from salt_cache.resources import bundled
 from salt_cache.shards.pack import ShardsConfig
+from salt_cache.study import StudyConfig
 
 
 @dataclass
@@ -76,6 +80,7 @@ def load_pipeline(path_or_name: str | Path, variables: dict[str, str] | None = N
         raise SaltCacheError(f"{path}: {unknown[0]}: unknown field (expected name, vars, workdir, stages)")
     values = {str(k): str(v) for k, v in (data.get("vars") or {}).items()}
     values.update(variables or {})
+    data = {**data, "stages": expand_foreach(data.get("stages") or [], path)}
     data = _substitute(data, values, path)
     stages = []
     for i, raw in enumerate(data.get("stages") or []):
@@ -94,6 +99,54 @@ def load_pipeline(path_or_name: str | Path, variables: dict[str, str] | None = N
         raise SaltCacheError(f"{path}: stages: expected at least one stage")
     return Pipeline(name=str(data.get("name", path.stem)), stages=stages, workdir=str(data.get("workdir", ".")),
                     source=str(path))
+
+
+def expand_foreach(items: list, path: Path, where: str = "stages") -> list:
+    """Unroll `foreach` blocks into plain stages, in order:
+
+        - foreach: {task: [shapes, time], seed: [0, 1, 2]}   # every combination, first name outermost
+          stages: [{name: "teacher-${task}-s${seed}", ...}, ...]
+
+    A block's variables are substituted into its stages (blocks nest; an inner block sees the
+    outer variables); `vars` and --var values are substituted afterwards, as everywhere."""
+    import itertools
+
+    out = []
+    for i, item in enumerate(items):
+        here = f"{where}[{i}]"
+        if not (isinstance(item, dict) and "foreach" in item):
+            out.append(item)
+            continue
+        loops, body = item.get("foreach"), item.get("stages")
+        extra = sorted(set(item) - {"foreach", "stages"})
+        if extra:
+            raise SaltCacheError(f"{path}: {here}: {extra[0]}: unknown field (a foreach block takes foreach, stages)")
+        if not isinstance(loops, dict) or not loops or not all(isinstance(v, list) and v for v in loops.values()):
+            raise SaltCacheError(f"{path}: {here}.foreach: expected a mapping of names to non-empty lists, "
+                                 f"e.g. {{seed: [0, 1, 2]}}")
+        if not isinstance(body, list) or not body:
+            raise SaltCacheError(f"{path}: {here}.stages: expected a non-empty list of stages")
+        names = [str(k) for k in loops]
+        for combo in itertools.product(*loops.values()):
+            bound = {n: str(v) for n, v in zip(names, combo)}
+            out.extend(expand_foreach(_bind(body, bound), path, f"{here}.stages"))
+    return out
+
+
+def _bind(obj, values: dict[str, str]):
+    """Substitute only the ${name}s of `values`, leaving every other ${...} for later."""
+    if isinstance(obj, str):
+        whole = re.fullmatch(r"\$\{(\w+)\}", obj)
+        if whole and whole.group(1) in values:
+            import yaml
+
+            return yaml.safe_load(values[whole.group(1)])
+        return re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), obj)
+    if isinstance(obj, dict):
+        return {_bind(k, values) if isinstance(k, str) else k: _bind(v, values) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_bind(v, values) for v in obj]
+    return obj
 
 
 def _substitute(obj, values: dict[str, str], path: Path):
@@ -311,6 +364,13 @@ def _report(c: ReportConfig, ctx: Ctx) -> dict:
     return quickstart_report(ctx.workdir, c, ctx.results)
 
 
+def _study(c: StudyConfig, ctx: Ctx) -> dict:
+    from salt_cache.study import study_report
+
+    summary = study_report(ctx.workdir, c)
+    return {task: {arm: round(a["mean"], 4) for arm, a in t["arms"].items()} for task, t in summary["tasks"].items()}
+
+
 @dataclass(frozen=True)
 class Kind:
     """A stage kind: its typed config (a stage's YAML fields), how it runs, and how to tell its
@@ -331,6 +391,7 @@ KINDS: dict[str, Kind] = {
     "train-student": Kind(StudentStage, _student, _student_done),
     "probe": Kind(ProbeStage, _probe, _probe_done),
     "report": Kind(ReportConfig, _report, None),
+    "study-report": Kind(StudyConfig, _study, None),
 }
 
 
