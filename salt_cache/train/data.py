@@ -3,15 +3,18 @@
 Pipeline of one data *split* (one DataLoader worker of one rank), a pure function of
 (seed, split, number of splits):
 
-    shards --shuffle per epoch (seed, epoch), take shards[split::n_splits]
-           --read tar samples (webdataset)           Sample(key, video bytes, meta), no decode
+    shards --permute per epoch (seed, epoch), read as one sequence of samples, cut into n_splits
+             contiguous runs balanced by samples (sizes differ by at most one; `epoch_ranges`)
+           --read this split's run (webdataset)      Sample(key, video bytes, meta), no decode
            --shuffle buffer (seed, split, epoch)     holds compressed bytes only
            --skip what a resumed run already consumed (cheap: nothing is decoded)
            --per-sample stage (pluggable)            dict of tensors, or None to skip
            --batch + multi-block masks               seed = mask_seed(seed, split, batch index)
 
-`split = rank * workers + worker`, `n_splits = world_size * workers`: shards are split by node
-and by worker at once. Epochs never mix: the buffer drains at the end of an epoch and a batch may
+`split = rank * workers + worker`, `n_splits = world_size * workers`: samples are split by node
+and by worker at once, by sample counts (index.json, else the tar headers), so over one epoch
+the splits together take every sample exactly once, and with one global epoch: a split's epoch e
+is its run of the global epoch e, and no split runs ahead by more than one sample. Epochs never mix: the buffer drains at the end of an epoch and a batch may
 span two epochs. Because the streams depend on the split id only, 1 process x 2 workers x
 grad_accum 2 sees exactly the batches of 2 processes x 1 worker x grad_accum 1.
 
@@ -19,7 +22,7 @@ Per-sample stage (the plug-in point)
 ------------------------------------
     stage(sample: Sample, ctx: StageContext) -> dict | None
 
-`ctx.epoch` counts passes over this split's shards (0 in validation); `ctx.train` is False for
+`ctx.epoch` is the global epoch (0 in validation); `ctx.train` is False for
 validation, where the stage must be deterministic (fixed view). The returned dict must hold
 "clip": float32 [C, T, H, W] (normalized, as `decode_view` returns it) and may add any field:
 tensors are stacked along a new batch dimension, anything else is collected in a list. Return
@@ -55,7 +58,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from salt_cache.errors import DecodeError, SaltCacheError
 from salt_cache.masks import MaskSet, mask_seed, multiblock_masks
-from salt_cache.shards.read import Sample, read_samples
+from salt_cache.shards.read import Sample, read_range, read_samples, shard_sample_counts
 from salt_cache.video import ClipSpec, clip_info, decode_view, plan_view
 
 VAL_SPLIT = -1  # mask seeds of validation batches: mask_seed(seed, VAL_SPLIT, batch index)
@@ -95,9 +98,36 @@ class PlanAndDecode:
 
 # ---------------------------------------------------------------- the per-split sample stream
 
-def epoch_shards(shards: list[Path], seed: int, epoch: int, split: int, n_splits: int) -> list[Path]:
-    order = np.random.default_rng([seed, epoch, 0x5A]).permutation(len(shards))
-    return [shards[i] for i in order[split::n_splits]]
+def split_sizes(total: int, n_splits: int, epoch: int) -> list[int]:
+    """Samples of each split in `epoch`: total // n_splits, and one more for total % n_splits of
+    them, the extra one rotating with the epoch (split s gets it when (s - epoch * r) mod n < r).
+    Every split's running total stays within one sample of total * epochs / n_splits, so the
+    splits' epochs stay aligned: one global epoch, whatever the counts."""
+    q, r = divmod(total, n_splits)
+    return [q + (1 if (s - epoch * r) % n_splits < r else 0) for s in range(n_splits)]
+
+
+def epoch_ranges(counts: list[int], seed: int, epoch: int, split: int, n_splits: int) -> list[tuple[int, int, int]]:
+    """This split's part of `epoch` as (shard index, first sample, end sample) in reading order.
+
+    The shards are permuted by (seed, epoch) and read as one sequence of samples; the sequence is
+    cut into `n_splits` contiguous runs by `split_sizes`, so the splits partition the epoch's
+    samples (each sample exactly once over all ranks and workers) and are balanced by samples,
+    not by shards: a split may start or end inside a shard."""
+    order = np.random.default_rng([seed, epoch, 0x5A]).permutation(len(counts))
+    sizes = split_sizes(int(sum(counts)), n_splits, epoch)
+    lo = sum(sizes[:split])
+    hi = lo + sizes[split]
+    out, pos = [], 0
+    for i in order.tolist():
+        n = int(counts[i])
+        a, b = max(lo, pos), min(hi, pos + n)
+        if a < b:
+            out.append((i, a - pos, b - pos))
+        pos += n
+        if pos >= hi:
+            break
+    return out
 
 
 def shuffle_buffer(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
@@ -114,13 +144,25 @@ def shuffle_buffer(items: Iterable, size: int, rng: np.random.Generator) -> Iter
         yield buf[i]
 
 
+def _read_ranges(shards: list[Path], counts: list[int], ranges) -> Iterator[Sample]:
+    for i, a, b in ranges:
+        yield from read_range(shards[i], a, b, counts[i])
+
+
 def split_samples(shards: list[Path], seed: int, split: int, n_splits: int, buffer: int,
-                  epoch: int = 0, consumed: int = 0) -> Iterator[tuple[int, int, Sample]]:
+                  epoch: int = 0, consumed: int = 0, counts: list[int] | None = None) -> Iterator[tuple[int, int, Sample]]:
     """(epoch, samples consumed in that epoch, sample), forever, starting after `consumed`
-    samples of `epoch`. The skipped samples are read but never decoded."""
+    samples of `epoch`. The skipped samples are read but never decoded. `counts`: samples per
+    shard (`shard_sample_counts`, looked up when not given)."""
+    counts = shard_sample_counts(shards) if counts is None else list(counts)
+    if len(counts) != len(shards):
+        raise ValueError(f"{len(counts)} sample counts for {len(shards)} shards")
+    if sum(counts) < n_splits:
+        raise SaltCacheError(f"{sum(counts)} train samples cannot feed {n_splits} data splits")
     while True:
         rng = np.random.default_rng([seed, split, epoch, 0xB0])
-        stream = shuffle_buffer(read_samples(epoch_shards(shards, seed, epoch, split, n_splits)), buffer, rng)
+        ranges = epoch_ranges(counts, seed, epoch, split, n_splits)
+        stream = shuffle_buffer(_read_ranges(shards, counts, ranges), buffer, rng)
         n = 0
         for n, sample in enumerate(stream, start=1):
             if n > consumed:
@@ -144,9 +186,11 @@ class TrainStream(IterableDataset):
 
     def __init__(self, shards: list[Path], stage: SampleStage, batch_size: int, grid, mask_sets: tuple[MaskSet, ...],
                  seed: int, rank: int, world_size: int, workers: int, shuffle_buffer: int,
-                 positions: dict[int, dict] | None = None, rotation: int = 0):
+                 positions: dict[int, dict] | None = None, rotation: int = 0, counts: list[int] | None = None):
         super().__init__()
         self.shards, self.stage, self.batch_size, self.grid = list(shards), stage, batch_size, tuple(grid)
+        # looked up once here, in the main process, not in every worker
+        self.counts = shard_sample_counts(self.shards) if counts is None else list(counts)
         self.mask_sets, self.seed, self.rank, self.world_size = tuple(mask_sets), seed, rank, world_size
         self.workers, self.buffer = max(1, workers), shuffle_buffer
         self.positions, self.rotation = dict(positions or {}), rotation
@@ -161,7 +205,7 @@ class TrainStream(IterableDataset):
         pos = {"epoch": 0, "consumed": 0, "batches": 0, **self.positions.get(split, {})}
         items, keys, skipped, last_ok_epoch = [], [], 0, pos["epoch"]
         for epoch, consumed, sample in split_samples(self.shards, self.seed, split, n_splits, self.buffer,
-                                                     pos["epoch"], pos["consumed"]):
+                                                     pos["epoch"], pos["consumed"], self.counts):
             out = self.stage(sample, StageContext(epoch=epoch, train=True))
             if out is None:
                 skipped += 1
