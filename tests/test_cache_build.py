@@ -237,3 +237,50 @@ def test_inspect_reports_the_ranks_of_a_spread_sample_of_latents(built):
     assert res.exit_code == 0 and "latent ranks (8 of 72 ok rows, 32 tokens x 96 wide)" in res.output
     assert describe_cache(built["cache"], rank_sample=0)["ranks"] is None
     assert "latent ranks" not in runner.invoke(app, ["inspect", str(built["cache"]), "--rank-sample", "0"]).output
+
+
+def test_the_build_writes_a_compact_index_that_readers_memory_map(built, demo, tmp_path):
+    from salt_cache.cache.header import CacheHeader
+    from salt_cache.cache.index import INDEX_DIR, build_index, open_index
+
+    cache = built["cache"]
+    header = CacheHeader.read(cache)
+    mapped = open_index(cache, header)
+    assert mapped is not None and isinstance(mapped.hash, np.memmap)
+    fresh = build_index(cache, header)
+    for col in ("hash", "store", "row", "view", "status"):
+        assert np.array_equal(getattr(mapped, col), getattr(fresh, col))
+    assert mapped.counts == {"ok": 72, "failed": 0, "missing": 0, "rows": 72, "clips": 36, "clips_ok": 36, "stores": 4}
+    reader = CacheReader(cache)
+    keys = [k for p in resolve_shards(demo / "train") for k in shard_keys(p)]
+    assert sorted(keys) == reader.keys() and len(reader) == 36
+    assert all([r.view_index for r in reader.rows(k)] == [0, 1] for k in keys)
+    assert reader.rows("no-such-clip") == [] and not reader.has_key("no-such-clip")
+    # an index that does not cover the manifest's stores is not used: the reader builds its own
+    copy = tmp_path / "cache"
+    import shutil
+    shutil.copytree(cache, copy)
+    h = CacheHeader.read(copy)
+    h.with_stores({k: v for i, (k, v) in enumerate(sorted(h.stores.items())) if i > 0}).write(copy)
+    assert open_index(copy, CacheHeader.read(copy)) is None and (copy / INDEX_DIR).is_dir()
+    partial = CacheReader(copy)
+    first = shard_keys(resolve_shards(demo / "train")[0])  # the store dropped from the manifest
+    assert len(partial) == 36 - len(first) and partial.counts()["stores"] == 3
+    assert [k for k in keys if not partial.has_key(k)] == first
+
+
+def test_stage2_refuses_shards_that_differ_from_the_caches(built, demo, tmp_path):
+    from salt_cache.cache.header import CacheHeader
+    from salt_cache.train.student import shard_difference
+
+    header = CacheHeader.read(built["cache"])
+    shards = resolve_shards(demo / "train")
+    assert shard_difference(header, shards) is None
+    repacked = tmp_path / "train"
+    repacked.mkdir()
+    for p in shards:
+        (repacked / p.name).write_bytes(p.read_bytes() + (b"\0" * 10240 if p.name.endswith("2.tar") else b""))
+    why = shard_difference(header, resolve_shards(repacked))
+    assert "shard-000002.tar has" in why and "repacked or changed data" in why
+    (repacked / "shard-000002.tar").rename(repacked / "other.tar")
+    assert "other.tar is not one the cache was built from" in shard_difference(header, [repacked / "other.tar"])

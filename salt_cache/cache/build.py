@@ -24,13 +24,18 @@ import torch
 from salt_cache import dist
 from salt_cache.cache.config import BuildConfig
 from salt_cache.cache.header import CACHE_JSON, CacheHeader
-from salt_cache.cache.manifest import compatibility_problem, make_header, refresh_manifest
+from salt_cache.cache.index import write_index
+from salt_cache.cache.manifest import add_store, compatibility_problem, make_header, refresh_manifest
 from salt_cache.cache.source import ClipDataset, ClipItem
 from salt_cache.cache.store import STORES_DIR, StoreWriter, clear_partial, read_done, store_name
 from salt_cache.checkpoint import file_sha256, load_encoder
 from salt_cache.errors import SaltCacheError
 from salt_cache.shards import index_shard, resolve_shards
 from salt_cache.spec import CacheSpec, load_spec
+
+# rank 0 lists its own stores as they finish (O(1) each) and picks up the other ranks' finished
+# stores with a scan at most this often, so cache.json stays usable if the build is interrupted
+RESCAN_S = 60.0
 
 # a DataLoader that yields nothing for this long is treated as a hung decoder (decord can hang on
 # files that over-report their frame count); the build stops with an error and can be resumed
@@ -238,7 +243,7 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
         num_workers=workers, prefetch_factor=4 if workers else None, timeout=DECODE_TIMEOUT_S if workers else 0,
     )
     it = iter(loader)
-    k, rows_built = 0, 0
+    k, rows_built, last_scan = 0, 0, time.monotonic()
     for pos, i in enumerate(pending):
         t_store = time.time()
         # nothing machine- or path-specific: a store's bytes depend only on data, spec, teacher
@@ -266,11 +271,13 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
             if show:
                 show.advance(task)
         flush()  # batches never cross a store: its bytes must not depend on its neighbours
-        w.finish({"seconds": round(time.time() - t_store, 3), "rank": env.rank,
-                  **{key: header.build[key] for key in ("device", "autocast", "batch_size")}})
+        record = w.finish({"seconds": round(time.time() - t_store, 3), "rank": env.rank,
+                           **{key: header.build[key] for key in ("device", "autocast", "batch_size")}})
         rows_built += w.rows
         if doc is not None:
-            doc = refresh_manifest(out, doc, full=False)
+            doc = add_store(out, doc, w.final.name, record)
+            if env.distributed and time.monotonic() - last_scan > RESCAN_S:
+                doc, last_scan = refresh_manifest(out, doc, full=False), time.monotonic()
     del it, loader
     encode_s = time.monotonic() - t_encode
     if show:
@@ -278,7 +285,11 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
 
     clips_built, rows_all = (round(v) for v in dist.all_reduce_sum(torch.tensor([len(items), rows_built]), env).tolist())
     dist.barrier(env)
-    doc = refresh_manifest(out, CacheHeader.read(out)) if env.is_main else CacheHeader.read(out)
+    if env.is_main:
+        doc = refresh_manifest(out, CacheHeader.read(out))
+        write_index(out, doc)  # the compact key index every reader memory-maps
+    dist.barrier(env)
+    doc = doc if env.is_main else CacheHeader.read(out)
     summary = _summarize(out, doc, skipped, cleared, len(pending), clips_built, rows_all, env, t0, encode_s)
     if env.is_main:
         replace(doc, summary=summary.to_dict()).write(out)

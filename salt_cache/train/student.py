@@ -201,10 +201,47 @@ CACHE_FIELDS = {"patch_size": "model.patch_size", "tubelet_size": "model.tubelet
                 "frames": "clip.frames", "size": "clip.size"}
 
 
-def check_cache(config: StudentConfig, shards: list[Path], val_shards: list[Path] | None) -> dict:
-    """Refuse a cache that fails its quick checks, does not fit the student's token geometry, or
-    lacks clips of the given shards. Returns the fingerprint summary stored with checkpoints."""
+def check_cache(config: StudentConfig, shards: list[Path], val_shards: list[Path] | None,
+                env: dist.DistEnv | None = None) -> dict:
+    """Refuse a cache that fails its quick checks, was built from other shard files than the
+    ones given, does not fit the student's token geometry, or lacks clips of the given shards.
+    Returns the fingerprint summary stored with checkpoints.
+
+    The checks run once, on rank 0 (they read every store's record and every shard's tar
+    headers), which also writes the cache's key index if it is missing; the verdict is broadcast,
+    so every rank refuses alike."""
+    verdict = None
+    if env is None or env.is_main:
+        try:
+            verdict = {"ok": _check_cache(config, shards, val_shards)}
+        except SaltCacheError as e:
+            verdict = {"error": str(e)}
+    if env is not None:
+        verdict = dist.broadcast_object(verdict, env)
+    if "error" in verdict:
+        raise SaltCacheError(verdict["error"])
+    return verdict["ok"]
+
+
+def shard_difference(header, shards: list[Path]) -> str | None:
+    """The first given shard whose file name and size do not match a shard the cache was built
+    from (repacked or other data gives other clips than the teacher saw), or None."""
+    built: dict[str, set[int]] = {}
+    for s in header.shards:
+        built.setdefault(s.name, set()).add(s.bytes)
+    for p in shards:
+        size = Path(p).stat().st_size
+        if p.name not in built:
+            return f"shard {p} is not one the cache was built from (its data lists {len(header.shards)} shards, e.g. {header.shards[0].name})"
+        if size not in built[p.name]:
+            want = " or ".join(str(b) for b in sorted(built[p.name]))
+            return f"shard {p} has {size} bytes, the cache was built from {p.name} of {want} bytes (repacked or changed data)"
+    return None
+
+
+def _check_cache(config: StudentConfig, shards: list[Path], val_shards: list[Path] | None) -> dict:
     from salt_cache.cache import CacheReader, verify_cache
+    from salt_cache.cache.index import ensure_index
 
     cache = Path(config.cache)
     problems = verify_cache(cache, digest=False, rows=False)
@@ -214,13 +251,17 @@ def check_cache(config: StudentConfig, shards: list[Path], val_shards: list[Path
     reader = CacheReader(cache)
     reader.header.require(cache, who="the student config", labels=CACHE_FIELDS, patch_size=config.model.patch_size,
                           tubelet_size=config.model.tubelet_size, frames=config.clip.frames, size=config.clip.size)
-    have_keys = set(reader.keys())
+    ensure_index(cache, reader.header)
     for label, group in (("train", shards), ("val", val_shards or [])):
         for shard in group:
-            missing = [k for k in shard_keys(shard) if k not in have_keys and not reader.has_key(k)]
+            missing = [k for k in shard_keys(shard) if not reader.has_key(k)]
             if missing:
                 raise SaltCacheError(f"{cache}: has no rows for {len(missing)} clip(s) of {label} shard {shard} "
                                      f"(first: {missing[0]}); build the cache over these shards")
+    # the same keys in other shard files (repacked, re-encoded) can hold other clips
+    diff = shard_difference(reader.header, list(shards) + list(val_shards or []))
+    if diff:
+        raise SaltCacheError(f"{cache}: {diff}")
     h = reader.header
     return {"path": str(cache.resolve()), "teacher_sha256": h.teacher.sha256, "spec": h.spec.name,
             "grid": list(reader.grid), "teacher_dim": reader.teacher_dim, "dtype": reader.dtype,
@@ -253,7 +294,7 @@ def _targets_source(config: StudentConfig, shards, val_shards, env) -> tuple[dic
     if config.cache is None and config.online_teacher is None:
         raise SaltCacheError("cache: give --cache CACHE (or --online-teacher CKPT for the online baseline, "
                              "or --ema for the V-JEPA baseline)")
-    fingerprint = check_cache(config, shards, val_shards) if config.cache is not None else {}
+    fingerprint = check_cache(config, shards, val_shards, env) if config.cache is not None else {}
     if config.online_teacher is None:
         return fingerprint, fingerprint["teacher_dim"], None
     teacher, _ = load_encoder(Path(config.online_teacher), env.device)
