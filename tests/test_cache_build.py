@@ -284,3 +284,37 @@ def test_stage2_refuses_shards_that_differ_from_the_caches(built, demo, tmp_path
     assert "shard-000002.tar has" in why and "repacked or changed data" in why
     (repacked / "shard-000002.tar").rename(repacked / "other.tar")
     assert "other.tar is not one the cache was built from" in shard_difference(header, [repacked / "other.tar"])
+
+
+def test_a_damaged_row_is_skipped_and_counted_up_to_the_limit(built, demo, tmp_path):
+    import shutil
+
+    from salt_cache.masks import DEFAULT_MASKS
+    from salt_cache.train.data import TrainData, TrainStream
+    from salt_cache.train.student import CacheJoin
+
+    cache = tmp_path / "cache"
+    shutil.copytree(built["cache"], cache)
+    shard_file = sorted((cache / "stores").glob("*.zarr"))[0] / "latents" / "c" / "0" / "0" / "0"
+    blob = bytearray(shard_file.read_bytes())
+    end = len(blob) - 100  # every chunk of the first Zarr shard (rows 0-3), not its index at the end
+    blob[:end] = bytes(b ^ 0xFF for b in blob[:end])
+    shard_file.write_bytes(bytes(blob))
+    shards = resolve_shards(demo / "train")
+    join = CacheJoin(cache, seed=0)
+    stream = TrainStream(shards, join, 4, (2, 4, 4), DEFAULT_MASKS, seed=0, rank=0, world_size=1, workers=1,
+                         shuffle_buffer=4)
+    seen, skipped, damaged = 0, 0, 0
+    for batch in stream.batches(split=0, n_splits=1):
+        if batch["position"]["epoch"] > 0:
+            break
+        seen += len(batch["keys"])
+        skipped += batch["skipped"]
+        damaged += batch["damaged"]
+        assert seen + skipped == batch["position"]["consumed"]
+    assert damaged == 2 and skipped >= damaged  # the first two clips of the store, whichever view
+    data = TrainData(shards, join, batch_size=4, grid=(2, 4, 4), mask_sets=DEFAULT_MASKS, seed=0, rank=0,
+                     world_size=1, workers=0, shuffle_buffer=4, max_damaged=0)
+    with pytest.raises(SaltCacheError, match=r"data.max_damaged_rows: \d cache rows failed their checksum on this rank \(limit 0\)"):
+        for _ in range(20):
+            data.next()

@@ -84,3 +84,46 @@ def test_a_resumed_split_continues_exactly_inside_a_shard(tmp_path):
         e, n, _ = full[cut - 1]
         resumed = split_samples(shards, 5, 2, 5, 4, epoch=e, consumed=n)
         assert [(a, b, s.key) for (a, b, s), _ in zip(resumed, range(30 - cut))] == full[cut:]
+
+
+class Slow:
+    """A stage that hangs on one clip (as decord can), returns a tiny clip otherwise."""
+
+    def __init__(self, key: str, seconds: float):
+        self.key, self.seconds = key, seconds
+
+    def __call__(self, sample, ctx):
+        import time
+
+        import torch
+
+        if sample.key == self.key:
+            time.sleep(self.seconds)
+        return {"clip": torch.zeros(1)}
+
+
+MASKS = (__import__("salt_cache.masks", fromlist=["MaskSet"]).MaskSet("one", 1, (0.25, 0.25)),)
+
+
+def test_a_decode_past_its_time_bound_is_skipped_and_counted(tmp_path):
+    from salt_cache.train.data import TrainStream
+
+    shards = write_shards(tmp_path / "d", [3, 2])
+    stream = TrainStream(shards, Slow("s0_1", 30), 2, (1, 2, 2), MASKS, seed=0, rank=0, world_size=1, workers=1,
+                         shuffle_buffer=2, decode_timeout_s=0.2)
+    batches = stream.batches(split=0, n_splits=1)
+    got = [next(batches) for _ in range(3)]  # epoch 0's 4 good clips, then the first of epoch 1
+    keys = [k for b in got[:2] for k in b["keys"]]
+    assert sorted(keys) == ["s0_0", "s0_2", "s1_0", "s1_1"] and sum(b["skipped"] for b in got) >= 1
+
+
+def test_a_hung_loader_stops_the_run_with_one_line(tmp_path):
+    from salt_cache.errors import SaltCacheError
+    from salt_cache.train.data import TrainData
+
+    shards = write_shards(tmp_path / "d", [3, 2])
+    data = TrainData(shards, Slow("s0_0", 30), batch_size=5, grid=(1, 2, 2), mask_sets=MASKS, seed=0, rank=0,
+                     world_size=1, workers=1, shuffle_buffer=2, timeout_s=1.0)
+    with pytest.raises(SaltCacheError, match=r"^data.loader_timeout_s: the DataLoader produced no batch for 1 s"):
+        data.next()
+    data.close()

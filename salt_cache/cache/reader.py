@@ -25,7 +25,7 @@ import torch
 from salt_cache.cache.header import CacheHeader
 from salt_cache.cache.index import KeyIndex, build_index, open_index
 from salt_cache.cache.store import STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage, open_group
-from salt_cache.errors import SaltCacheError
+from salt_cache.errors import DamagedRow, SaltCacheError
 from salt_cache.spec import CacheSpec
 from salt_cache.video import View
 
@@ -191,7 +191,7 @@ class CacheReader:
         try:
             a = self._group(ref.store)["latents"][ref.row]
         except Exception as e:  # a damaged chunk fails its crc32c
-            raise SaltCacheError(f"{ref.store} row {ref.row}: unreadable latents ({type(e).__name__}: {str(e)[:120]})") from None
+            raise DamagedRow(f"{ref.store} row {ref.row}: unreadable latents ({type(e).__name__}: {str(e)[:120]})") from None
         return from_storage(a, self.dtype)
 
     def read_key(self, key: str, view_index: int | None = None) -> tuple[RowRef, torch.Tensor]:

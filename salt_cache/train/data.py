@@ -36,7 +36,9 @@ Batch dict (what `TrainData.next()` and `ValSet.batch(i)` return)
     "clip":     float32 [B, C, T, H, W]
     "keys":     list[str] of B clip keys
     "masks":    [(context_idx int64 [B, Nc], target_idx int64 [B, Nt]) per mask set]
-    "skipped":  int, samples the stage skipped while this batch was built
+    "skipped":  int, samples the stage skipped while this batch was built (failed or timed-out
+                decodes, damaged cache rows, clips without a cache row)
+    "damaged":  int, of those, cache rows that failed their checksum
     "position": {"split", "epoch", "consumed", "batches"} of the split after this batch
     + every field the stage added, e.g. "view": list[dict], "latents": [B, N, D]
 
@@ -47,6 +49,9 @@ it consumed in all, which fixes the worker rotation of the DataLoader's round-ro
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,7 +61,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from salt_cache.errors import DecodeError, SaltCacheError
+from salt_cache.errors import DamagedRow, DecodeError, SaltCacheError
 from salt_cache.masks import MaskSet, mask_seed, multiblock_masks
 from salt_cache.shards.read import Sample, read_range, read_samples, shard_sample_counts
 from salt_cache.video import ClipSpec, clip_info, decode_view, plan_view
@@ -172,6 +177,27 @@ def split_samples(shards: list[Path], seed: int, split: int, n_splits: int, buff
         epoch, consumed = epoch + 1, 0
 
 
+@contextlib.contextmanager
+def time_bound(seconds: float | None, key: str):
+    """Raise DecodeError(key, "timed out") in this block after `seconds` (SIGALRM; only in a
+    process's main thread, as in a DataLoader worker, else no bound). A decoder stuck inside C
+    code that never returns to Python is not interrupted: the DataLoader timeout is the backstop."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise DecodeError(key, f"decode timed out after {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def collate(items: list[dict]) -> dict:
     """Stage outputs -> batch: tensors stacked on a new dim 0, anything else listed."""
     out = {}
@@ -186,8 +212,10 @@ class TrainStream(IterableDataset):
 
     def __init__(self, shards: list[Path], stage: SampleStage, batch_size: int, grid, mask_sets: tuple[MaskSet, ...],
                  seed: int, rank: int, world_size: int, workers: int, shuffle_buffer: int,
-                 positions: dict[int, dict] | None = None, rotation: int = 0, counts: list[int] | None = None):
+                 positions: dict[int, dict] | None = None, rotation: int = 0, counts: list[int] | None = None,
+                 decode_timeout_s: float | None = None):
         super().__init__()
+        self.decode_timeout_s = decode_timeout_s
         self.shards, self.stage, self.batch_size, self.grid = list(shards), stage, batch_size, tuple(grid)
         # looked up once here, in the main process, not in every worker
         self.counts = shard_sample_counts(self.shards) if counts is None else list(counts)
@@ -203,10 +231,16 @@ class TrainStream(IterableDataset):
 
     def batches(self, split: int, n_splits: int) -> Iterator[dict]:
         pos = {"epoch": 0, "consumed": 0, "batches": 0, **self.positions.get(split, {})}
-        items, keys, skipped, last_ok_epoch = [], [], 0, pos["epoch"]
+        items, keys, skipped, damaged, last_ok_epoch = [], [], 0, 0, pos["epoch"]
         for epoch, consumed, sample in split_samples(self.shards, self.seed, split, n_splits, self.buffer,
                                                      pos["epoch"], pos["consumed"], self.counts):
-            out = self.stage(sample, StageContext(epoch=epoch, train=True))
+            try:
+                with time_bound(self.decode_timeout_s, sample.key):
+                    out = self.stage(sample, StageContext(epoch=epoch, train=True))
+            except DecodeError:
+                out = None  # a decode past its time bound, or raised outside the stage's own catch
+            except DamagedRow:
+                out, damaged = None, damaged + 1  # a cache row failing its checksum: skip, count
             if out is None:
                 skipped += 1
                 if epoch > last_ok_epoch + 1:
@@ -223,9 +257,10 @@ class TrainStream(IterableDataset):
                                               seed=mask_seed(self.seed, split, pos["batches"]))
             pos = {"epoch": epoch, "consumed": consumed, "batches": pos["batches"] + 1}
             batch["skipped"] = skipped
+            batch["damaged"] = damaged
             batch["position"] = {"split": split, **pos}
             yield batch
-            items, keys, skipped = [], [], 0
+            items, keys, skipped, damaged = [], [], 0, 0
 
 
 def check_splits(n_shards: int, world_size: int, workers: int) -> None:
@@ -245,18 +280,22 @@ class TrainData:
 
     def __init__(self, shards: list[Path], stage: SampleStage, *, batch_size: int, grid, mask_sets, seed: int,
                  rank: int, world_size: int, workers: int, shuffle_buffer: int, pin_memory: bool = False,
-                 state: dict | None = None):
+                 state: dict | None = None, timeout_s: float = 0.0, decode_timeout_s: float | None = None,
+                 max_damaged: int | None = None):
         check_splits(len(shards), world_size, workers)
+        self.timeout_s, self.max_damaged = (timeout_s if workers else 0.0), max_damaged
+        self.damaged = int((state or {}).get("damaged", 0))
         state = state or {}
         self.workers = workers
         self.consumed_batches = int(state.get("consumed_batches", 0))
         self.positions = {int(k): dict(v) for k, v in state.get("splits", {}).items()}
         stream = TrainStream(shards, stage, batch_size, grid, mask_sets, seed, rank, world_size, workers,
                              shuffle_buffer, positions=self.positions,
-                             rotation=self.consumed_batches % max(1, workers))
-        # own generator: creating the loader must not draw from the global torch RNG (exact resume)
+                             rotation=self.consumed_batches % max(1, workers), decode_timeout_s=decode_timeout_s)
+        # own generator: creating the loader must not draw from the global torch RNG (exact resume);
+        # a timeout, so that one hung worker cannot hang every rank
         self.loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                                 generator=torch.Generator())
+                                 generator=torch.Generator(), timeout=self.timeout_s)
         self._it = iter(self.loader)
         self.wait_s = 0.0
         self.skipped = 0
@@ -267,7 +306,16 @@ class TrainData:
             batch = next(self._it)
         except SaltCacheError as e:
             raise SaltCacheError(worker_error_line(str(e))) from None
+        except RuntimeError as e:
+            if "timed out" not in str(e):
+                raise
+            raise SaltCacheError(f"data.loader_timeout_s: the DataLoader produced no batch for {self.timeout_s:g} s "
+                                 f"(a hung decoder?); resume the run from its last checkpoint") from None
         self.wait_s += time.perf_counter() - t0
+        self.damaged += int(batch.get("damaged", 0))
+        if self.max_damaged is not None and self.damaged > self.max_damaged:
+            raise SaltCacheError(f"data.max_damaged_rows: {self.damaged} cache rows failed their checksum on this "
+                                 f"rank (limit {self.max_damaged}); run salt-cache verify on the cache")
         self.consumed_batches += 1
         p = batch["position"]
         self.positions[int(p["split"])] = {k: int(p[k]) for k in ("epoch", "consumed", "batches")}
@@ -282,7 +330,7 @@ class TrainData:
 
     def state(self) -> dict:
         """Plain record of this rank's data position (stored per rank in run checkpoints)."""
-        return {"workers": self.workers, "consumed_batches": self.consumed_batches,
+        return {"workers": self.workers, "consumed_batches": self.consumed_batches, "damaged": self.damaged,
                 "splits": {str(k): dict(v) for k, v in sorted(self.positions.items())}}
 
     def close(self) -> None:

@@ -246,7 +246,9 @@ def make_loaders(config, samples, inputs: Inputs, env: dist.DistEnv, run, missin
     data = TrainData(inputs.shards, samples, batch_size=inputs.per_rank, grid=config.grid,
                      mask_sets=tuple(config.masks), seed=config.seed, rank=env.rank, world_size=env.world_size,
                      workers=inputs.workers, shuffle_buffer=config.data.shuffle_buffer,
-                     pin_memory=env.device.type == "cuda", state=run.data_state())
+                     pin_memory=env.device.type == "cuda", state=run.data_state(),
+                     timeout_s=config.data.loader_timeout_s, decode_timeout_s=config.data.decode_timeout_s,
+                     max_damaged=config.data.max_damaged_rows)
     val = None
     if inputs.val_shards and config.val_batches:
         val = ValSet(inputs.val_shards, samples, config.data.val_batch_size, config.val_batches, config.grid,
