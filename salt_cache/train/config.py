@@ -153,6 +153,9 @@ class TrainConfig:
     compile: bool = False
     log_every: int = 10
     ckpt_every: int = 1000
+    # step checkpoints kept: the newest, and those whose step is a multiple of this (0: all);
+    # last.pt is always kept. A ViT-L run state is ~4 GB: 200k steps every 5k is 160 GB unpruned
+    ckpt_keep_every: int = 0
     val_every: int = 500
     val_batches: int = 8
     # token rows behind val.csv's RankMe / effective-rank columns (computed on the encoder's
@@ -164,7 +167,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise SaltCacheError(f"{name}: expected >= 1, got {getattr(self, name)}")
-        for name in ("workers", "val_batches", "seed", "val_rank_rows"):
+        for name in ("workers", "val_batches", "seed", "val_rank_rows", "ckpt_keep_every"):
             if getattr(self, name) < 0:
                 raise SaltCacheError(f"{name}: expected >= 0, got {getattr(self, name)}")
         if not self.masks:
@@ -195,7 +198,7 @@ class TrainConfig:
 
 # Fields that may change when a run is resumed: they do not touch the training math or the data
 # stream (validation and checkpoints run in eval mode and draw no random numbers).
-RESUME_FREE = ("device", "compile", "log_every", "ckpt_every", "val_every", "val_batches", "val_rank_rows",
+RESUME_FREE = ("device", "compile", "log_every", "ckpt_every", "ckpt_keep_every", "val_every", "val_batches", "val_rank_rows",
                "data.val", "data.val_batch_size", "data.loader_timeout_s", "data.max_damaged_rows")
 
 
