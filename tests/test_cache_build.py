@@ -19,7 +19,7 @@ from salt_cache.errors import SaltCacheError
 from salt_cache.shards import iter_shard, resolve_shards, shard_keys
 from salt_cache.spec import load_spec
 from salt_cache.video import decode_view, plan_view, probe_video
-from salt_cache.cache.store import ROW_ARRAYS, done_path
+from salt_cache.cache.store import OPTIONAL_ROW_ARRAYS, ROW_ARRAYS, done_path
 from test_cache_common import DIM, TOKENS, make_teacher, store_arrays, store_names, write_spec
 
 runner = CliRunner()
@@ -87,7 +87,7 @@ def test_rows_follow_shard_order_times_views_and_zarr_layout(built, demo):
         done = json.loads(done_path(built["cache"] / "stores" / name).read_text())
         with warnings.catch_warnings():  # the done record lies outside the Zarr hierarchy: listing it is quiet
             warnings.simplefilter("error")
-            assert sorted(n for n, _ in g.members()) == sorted(("latents",) + ROW_ARRAYS)
+            assert sorted(n for n, _ in g.members()) == sorted(("latents",) + ROW_ARRAYS + OPTIONAL_ROW_ARRAYS)
         assert done["rows"] == 2 * len(keys) and done["digest"].startswith("sha256:")
         assert not (built["cache"] / "stores" / (name + ".partial")).exists()
 
@@ -318,3 +318,46 @@ def test_a_damaged_row_is_skipped_and_counted_up_to_the_limit(built, demo, tmp_p
     with pytest.raises(SaltCacheError, match=r"data.max_damaged_rows: \d cache rows failed their checksum on this rank \(limit 0\)"):
         for _ in range(20):
             data.next()
+
+
+def test_the_loader_ships_uint8_clips_and_stored_latents_normalized_on_device_as_the_teacher_saw(built, demo):
+    from salt_cache.masks import DEFAULT_MASKS
+    from salt_cache.train.data import TrainStream, on_device
+    from salt_cache.train.student import CacheJoin
+    from salt_cache.video import View, decode_view, decode_view_uint8, view_crc
+
+    shards = resolve_shards(demo / "train")
+    join = CacheJoin(built["cache"], seed=0)
+    stream = TrainStream(shards, join, 3, (2, 4, 4), DEFAULT_MASKS, seed=0, rank=0, world_size=1, workers=1,
+                         shuffle_buffer=4)
+    batch = next(stream.batches(split=0, n_splits=1))
+    assert batch["clip"].dtype == torch.uint8 and batch["latents"].dtype == torch.float16
+    videos = {k: v for p in shards for k, v, _ in iter_shard(p)}
+    reader = join.reader
+    refs = [next(r for r in reader.rows(k) if r.view_index == v) for k, v in zip(batch["keys"], batch["view_index"])]
+    views = [reader.view(r) for r in refs]
+    ready = on_device(batch, torch.device("cpu"))
+    want = torch.stack([decode_view(videos[k], v) for k, v in zip(batch["keys"], views)])
+    assert ready["clip"].dtype == torch.float32 and torch.equal(ready["clip"], want)  # bit for bit
+    assert torch.equal(ready["latents"].float(), torch.stack([reader.read(r) for r in refs]))
+    # the build recorded the CRC of exactly these uint8 pixels
+    assert all(reader.view_crc(r) == view_crc(decode_view_uint8(videos[k], v))
+               for r, k, v in zip(refs, batch["keys"], views))
+
+
+def test_stage2_refuses_a_view_that_decodes_to_other_pixels(built, demo, tmp_path):
+    import shutil
+
+    from salt_cache.train.data import StageContext
+    from salt_cache.train.student import CacheJoin
+
+    cache = tmp_path / "cache"
+    shutil.copytree(built["cache"], cache)
+    store = sorted((cache / "stores").glob("*.zarr"))[0]
+    crc = zarr.open_group(store, mode="r+", zarr_format=3)["view_crc"]
+    crc[...] = np.asarray(crc[...]) ^ 1  # as if the pixels decoded by this machine were others
+    key, video, meta = next(iter_shard(resolve_shards(demo / "train")[0]))
+    from salt_cache.shards.read import Sample
+
+    with pytest.raises(SaltCacheError, match=f"^{key}: the decoded view .* differs from the pixels the teacher saw"):
+        CacheJoin(cache, seed=0)(Sample(key, video, meta), StageContext(epoch=0, train=True))

@@ -226,14 +226,14 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
                          total=len(items)) if show else None
 
     views, dim = spec.views, header.teacher_dim
-    batch: list[tuple[StoreWriter, int, str, int, dict, str, torch.Tensor]] = []
+    batch: list[tuple[StoreWriter, int, str, int, dict, str, int, torch.Tensor]] = []
     doc = CacheHeader.read(out) if env.is_main else None
 
     def flush() -> None:
         if batch:
             y = _encode(model, [b[-1] for b in batch], env.device)
-            for (w, row, key, v, view, meta, _), latents in zip(batch, y):
-                w.put_ok(row, key, v, view, meta, latents)
+            for (w, row, key, v, view, meta, crc, _), latents in zip(batch, y):
+                w.put_ok(row, key, v, view, meta, latents, crc=crc)
             batch.clear()
 
     from torch.utils.data import DataLoader
@@ -265,7 +265,7 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
                 if res["x"][v] is None:
                     w.put_failed(row, item.tar.key, v, res["views"][v], res["meta"], res["reasons"][v])
                 else:
-                    batch.append((w, row, item.tar.key, v, res["views"][v], res["meta"], res["x"][v]))
+                    batch.append((w, row, item.tar.key, v, res["views"][v], res["meta"], res["crc"][v], res["x"][v]))
                     if len(batch) == batch_size:
                         flush()
             if show:

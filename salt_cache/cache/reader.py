@@ -181,9 +181,19 @@ class CacheReader:
             raise SaltCacheError(f"{ref.store} row {ref.row}: no view recorded (status {self.status(ref)})")
         return View.from_dict(json.loads(raw))
 
-    def read(self, ref: RowRef) -> torch.Tensor:
-        """Latents of one row -> float32 [tokens, D] (one chunk read). Refuses a row whose status
-        is not ok: unwritten chunks read back as zeros without any error."""
+    def view_crc(self, ref: RowRef) -> int | None:
+        """CRC-32 of the row's uint8 view as the build decoded it (`video.view_crc`); None for a
+        store written before it was recorded."""
+        try:
+            a = self._small_array(ref.store, "view_crc")
+        except KeyError:
+            a = self._strings[(ref.store, "view_crc")] = np.zeros(0, dtype=np.uint32)  # remembered: absent
+        return int(a[ref.row]) if len(a) else None
+
+    def read(self, ref: RowRef, upcast: bool = True) -> torch.Tensor:
+        """Latents of one row -> float32 [tokens, D] (one chunk read); `upcast` False: in the
+        stored dtype (float16 / bfloat16 / float32), for the loader to ship. Refuses a row whose
+        status is not ok: unwritten chunks read back as zeros without any error."""
         s = self.status(ref)
         if s != "ok":
             key = self._string_array(ref.store, "key")[ref.row]
@@ -192,7 +202,7 @@ class CacheReader:
             a = self._group(ref.store)["latents"][ref.row]
         except Exception as e:  # a damaged chunk fails its crc32c
             raise DamagedRow(f"{ref.store} row {ref.row}: unreadable latents ({type(e).__name__}: {str(e)[:120]})") from None
-        return from_storage(a, self.dtype)
+        return from_storage(a, self.dtype, upcast)
 
     def read_key(self, key: str, view_index: int | None = None) -> tuple[RowRef, torch.Tensor]:
         """Convenience: the row of `key` with `view_index` (default: its first ok row) and its latents."""

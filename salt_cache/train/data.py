@@ -24,7 +24,8 @@ Per-sample stage (the plug-in point)
 
 `ctx.epoch` is the global epoch (0 in validation); `ctx.train` is False for
 validation, where the stage must be deterministic (fixed view). The returned dict must hold
-"clip": float32 [C, T, H, W] (normalized, as `decode_view` returns it) and may add any field:
+"clip": uint8 [C, T, H, W] (`decode_view_uint8`) and "norm": float32 [2, 3] (the view's mean
+and std), and may add any field:
 tensors are stacked along a new batch dimension, anything else is collected in a list. Return
 None to skip the sample (counted, reported in the batch as "skipped"). Stages are copied into
 every DataLoader worker: open files or stores lazily on first call, not in `__init__`.
@@ -33,14 +34,17 @@ decode at that row's view -> latents).
 
 Batch dict (what `TrainData.next()` and `ValSet.batch(i)` return)
 -----------------------------------------------------------------
-    "clip":     float32 [B, C, T, H, W]
+    "clip":     uint8 [B, C, T, H, W] from the loader; `on_device` moves the batch and makes it
+                float32, normalized with "norm" [B, 2, 3] by `normalize_clip`, the arithmetic the
+                teacher's input went through (the loader ships 1 byte per pixel, not 4)
     "keys":     list[str] of B clip keys
     "masks":    [(context_idx int64 [B, Nc], target_idx int64 [B, Nt]) per mask set]
     "skipped":  int, samples the stage skipped while this batch was built (failed or timed-out
                 decodes, damaged cache rows, clips without a cache row)
     "damaged":  int, of those, cache rows that failed their checksum
     "position": {"split", "epoch", "consumed", "batches"} of the split after this batch
-    + every field the stage added, e.g. "view": list[dict], "latents": [B, N, D]
+    + every field the stage added, e.g. "view": list[dict], "latents": [B, N, D] in the cache's
+      stored dtype (float16 / bfloat16 / float32), upcast where they are used, on the device
 
 Exact resume: the trainer records, per split, the position carried by the last batch it
 consumed (batches prefetched but not consumed are simply produced again), plus how many batches
@@ -64,7 +68,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from salt_cache.errors import DamagedRow, DecodeError, SaltCacheError
 from salt_cache.masks import MaskSet, mask_seed, multiblock_masks
 from salt_cache.shards.read import Sample, read_range, read_samples, shard_sample_counts
-from salt_cache.video import ClipSpec, clip_info, decode_view, plan_view
+from salt_cache.video import ClipSpec, clip_info, decode_view_uint8, normalize_clip, plan_view
 
 VAL_SPLIT = -1  # mask seeds of validation batches: mask_seed(seed, VAL_SPLIT, batch index)
 
@@ -95,10 +99,15 @@ class PlanAndDecode:
             info = clip_info(sample.meta, sample.video, sample.key)
             spec = self.clip if ctx.train else self.val_clip
             view = plan_view(sample.key, ctx.epoch if ctx.train else 0, self.seed, info, spec)
-            clip = decode_view(sample.video, view)
+            clip = decode_view_uint8(sample.video, view)
         except DecodeError:
             return None  # counted by the batcher; shards were probed, so this is rare
-        return {"clip": clip, "view": view.to_dict()}
+        return {"clip": clip, "norm": view_norm(view), "view": view.to_dict()}
+
+
+def view_norm(view) -> torch.Tensor:
+    """A view's normalization as float32 [2, 3] (mean; std), shipped beside its uint8 clip."""
+    return torch.tensor([list(view.mean), list(view.std)], dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- the per-split sample stream
@@ -384,6 +393,15 @@ class ValSet:
         batch["masks"] = multiblock_masks(len(pairs), self.grid, self.mask_sets, seed=mask_seed(self.seed, VAL_SPLIT, i))
         batch["skipped"] = len(chunk) - len(pairs)
         return batch
+
+
+def on_device(batch: dict, device: torch.device, non_blocking: bool = False) -> dict:
+    """A loader batch on `device`, its uint8 clip normalized there to float32 (`normalize_clip`)."""
+    batch = to_device(batch, device, non_blocking)
+    if batch["clip"].dtype == torch.uint8:
+        norm = batch["norm"]
+        batch["clip"] = normalize_clip(batch["clip"], norm[:, 0], norm[:, 1])
+    return batch
 
 
 def to_device(obj, device: torch.device, non_blocking: bool = False):

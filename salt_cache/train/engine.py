@@ -38,7 +38,7 @@ import torch.nn as nn
 
 from salt_cache.errors import SaltCacheError
 from salt_cache import dist
-from salt_cache.train.data import ValSet, to_device
+from salt_cache.train.data import ValSet, on_device
 from salt_cache.train.optim import clip_gradients
 
 
@@ -113,7 +113,7 @@ def evaluate(model: nn.Module, val: ValSet, env: dist.DistEnv, bf16: bool, rank_
         if batch is None:
             continue
         n = len(batch["keys"])
-        batch = to_device(batch, env.device)
+        batch = on_device(batch, env.device)
         with autocast(env.device, bf16):
             loss, per_set = model(batch)
             if sample is not None:
@@ -313,7 +313,7 @@ def fit(stage: Stage, run, stop_at: int | None = None, show_progress: bool = Tru
 
     def fetch() -> dict:
         nonlocal last_batch
-        last_batch = to_device(data.next(), env.device, non_blocking=True)
+        last_batch = on_device(data.next(), env.device, non_blocking=True)
         return last_batch
 
     bar = progress("steps") if env.is_main and show_progress else None

@@ -41,11 +41,11 @@ from salt_cache.models import Predictor, VideoViT
 from salt_cache.shards import shard_keys
 from salt_cache import dist
 from salt_cache.train.config import HeadConfig, TrainConfig, plain
-from salt_cache.train.data import PlanAndDecode, Sample, StageContext
+from salt_cache.train.data import PlanAndDecode, Sample, StageContext, view_norm
 from salt_cache.train.engine import Interval, Stage, check_inputs, check_memory, fit, make_loaders, val_columns
 from salt_cache.train.optim import make_optimizer
 from salt_cache.train.runs import Run, print_run_summary
-from salt_cache.video import decode_view, view_rng
+from salt_cache.video import decode_view_uint8, view_crc, view_rng
 
 STAGE = "student"
 EXPORT = "student"  # a finished run hands on RUN/student.pt (and RUN/online.pt with --ema)
@@ -166,9 +166,14 @@ def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
 
 class CacheJoin:
     """Stage 2's sample stage: rows of the clip's key -> one stored view (a new pick per epoch,
-    seeded by (seed, epoch, key); view 0 in validation) -> the clip decoded at that view, and the
-    row's latents unless `latents` is False (online oracle). Clips with no ok row are skipped
-    (the batcher counts them)."""
+    seeded by (seed, epoch, key); view 0 in validation) -> the clip decoded at that view, as
+    uint8 pixels with the view's normalization, and the row's latents in their stored dtype
+    unless `latents` is False (online oracle). Clips with no ok row are skipped (the batcher
+    counts them).
+
+    Every decoded view's CRC is compared with the one the build recorded (stores that have it):
+    repacked shards or another FFmpeg build that decodes other pixels stop the run, naming the
+    clip, instead of silently training on inputs the teacher never saw."""
 
     def __init__(self, cache: Path, seed: int, latents: bool = True):
         from salt_cache.cache import CacheReader
@@ -184,13 +189,20 @@ class CacheJoin:
             ref = rows[int(view_rng(sample.key, ctx.epoch, self.seed).integers(len(rows)))]
         else:
             ref = min(rows, key=lambda r: r.view_index)
+        view = self.reader.view(ref)
         try:
-            clip = decode_view(sample.video, self.reader.view(ref))
+            clip = decode_view_uint8(sample.video, view)
         except DecodeError:
             return None
-        out = {"clip": clip, "view_index": ref.view_index}
+        want = self.reader.view_crc(ref)
+        if want is not None and view_crc(clip) != want:
+            raise SaltCacheError(
+                f"{sample.key}: the decoded view (store {ref.store} row {ref.row}) differs from the pixels the teacher "
+                f"saw (CRC {view_crc(clip):08x}, built {want:08x}): repacked shards or another FFmpeg / decord build; "
+                f"train on the shards the cache was built from, with the same decoder")
+        out = {"clip": clip, "norm": view_norm(view), "view_index": ref.view_index}
         if self.latents:
-            out["latents"] = self.reader.read(ref)
+            out["latents"] = self.reader.read(ref, upcast=False)
         return out
 
 
