@@ -361,3 +361,16 @@ def test_stage2_refuses_a_view_that_decodes_to_other_pixels(built, demo, tmp_pat
 
     with pytest.raises(SaltCacheError, match=f"^{key}: the decoded view .* differs from the pixels the teacher saw"):
         CacheJoin(cache, seed=0)(Sample(key, video, meta), StageContext(epoch=0, train=True))
+
+
+def test_a_spec_normalizing_otherwise_than_the_teacher_was_trained_is_refused(built, demo, tmp_path):
+    from salt_cache.checkpoint import save_encoder
+    from salt_cache.models import build_encoder
+
+    teacher = tmp_path / "teacher.pt"
+    trained = {"frames": 4, "frame_step": 2, "size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    save_encoder(teacher, build_encoder("micro", patch_size=8, tubelet_size=2),
+                 meta={"origin": "train-teacher", "clip": trained})
+    with pytest.raises(SaltCacheError, match=r"clip.mean: spec 'test32' normalizes with mean \[0.485.*trained with \[0.5, 0.5, 0.5\]"):
+        build_cache(BuildConfig(teacher, demo / "train", built["spec"], tmp_path / "cache"))
+    assert not (tmp_path / "cache" / "cache.json").exists()

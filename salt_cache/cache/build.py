@@ -78,7 +78,8 @@ class BuildSummary:
 
 def _check_teacher(spec: CacheSpec, teacher: Path, config: dict, meta: dict | None = None) -> None:
     """Refuse a spec the teacher cannot encode as it was trained to, naming the field: patch and
-    tubelet always; for an imported teacher (meta["input"]) also the clip normalization and, when
+    tubelet always; for a teacher trained here, the clip normalization it was trained with; for
+    an imported teacher (meta["input"]) also the clip normalization and, when
     its positions are tied to the training grid (VideoMAE's 1-D table), clip.size and clip.frames."""
     p, t, c = config.get("patch_size"), config.get("tubelet_size"), config.get("in_chans", 3)
     if (p, t) != (spec.patch_size, spec.tubelet_size):
@@ -90,8 +91,18 @@ def _check_teacher(spec: CacheSpec, teacher: Path, config: dict, meta: dict | No
     if c != 3:
         raise SaltCacheError(f"{teacher}: teacher expects {c} input channels, clips have 3")
     want = (meta or {}).get("input")
+    trained = (meta or {}).get("clip") if (meta or {}).get("origin") == "train-teacher" else None
+    if not isinstance(want, dict) and isinstance(trained, dict):
+        # a teacher of ours: any geometry, but the pixel normalization it was trained with
+        for name in ("mean", "std"):
+            have, had = list(getattr(spec.clip, name)), list(trained.get(name) or [])
+            if had and (len(have) != len(had) or any(abs(a - b) > 1e-6 for a, b in zip(have, had))):
+                raise SaltCacheError(
+                    f"{teacher}: clip.{name}: spec {spec.name!r} normalizes with {name} {have}, but the teacher was "
+                    f"trained with {had} (train-teacher clip.{name}); set clip.{name} in the spec to match")
+        return
     if not isinstance(want, dict):
-        return  # a teacher of ours: trained on whatever spec it is given
+        return  # a teacher of ours without a recorded training clip: any spec
     for name in ("mean", "std"):
         have = list(getattr(spec.clip, name))
         if len(have) != len(want[name]) or any(abs(a - b) > 1e-6 for a, b in zip(have, want[name])):
