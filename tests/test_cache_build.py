@@ -374,3 +374,24 @@ def test_a_spec_normalizing_otherwise_than_the_teacher_was_trained_is_refused(bu
     with pytest.raises(SaltCacheError, match=r"clip.mean: spec 'test32' normalizes with mean \[0.485.*trained with \[0.5, 0.5, 0.5\]"):
         build_cache(BuildConfig(teacher, demo / "train", built["spec"], tmp_path / "cache"))
     assert not (tmp_path / "cache" / "cache.json").exists()
+
+
+def test_the_row_writer_thread_keeps_order_and_hands_errors_back():
+    from salt_cache.cache.build import RowWriter
+
+    done = []
+    w = RowWriter(depth=2)
+    for i in range(20):
+        w.submit(done.append, i)
+    w.drain()
+    assert done == list(range(20))
+
+    def boom(i):
+        raise ValueError(f"row {i} written twice")
+
+    w.submit(boom, 3)
+    w.submit(done.append, 99)  # skipped: the writer stops at its first error
+    with pytest.raises(ValueError, match="row 3 written twice"):
+        w.drain()
+    w.close()
+    assert done[-1] == 19
