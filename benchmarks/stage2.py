@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     from salt_cache import dist
     from salt_cache.train.config import load_run_config
     from salt_cache.shards import read_samples
-    from salt_cache.train.data import TrainData, to_device
+    from salt_cache.train.data import TrainData, on_device
     from salt_cache.train.engine import autocast, train_step
     from salt_cache.train.optim import make_optimizer, set_schedule
     from salt_cache.train.student import CacheJoin, StudentConfig, build_model, check_cache
@@ -169,7 +169,7 @@ def main(argv=None) -> dict:
 
             # (a) model only: the pipeline's first batches, pre-fetched onto the device
             data_c = loader(modes["cached"]["stage"])
-            batches = [to_device(data_c.next(), env.device) for _ in range(n_batches)]
+            batches = [on_device(data_c.next(), env.device) for _ in range(n_batches)]
             data_c.close()
             del data_c
             tokens = {name: {"context": ctx.shape[1], "target": tgt.shape[1]}
@@ -219,7 +219,7 @@ def main(argv=None) -> dict:
                     continue
                 feed = loader(modes[mode]["stage"])
                 for i in range(args.warmup + k):
-                    dt, _ = step(mode, lambda: to_device(feed.next(), env.device, non_blocking=True), n_batches + i)
+                    dt, _ = step(mode, lambda: on_device(feed.next(), env.device, non_blocking=True), n_batches + i)
                     wait, _skipped = feed.take_stats()
                     if i >= args.warmup:
                         step_s[mode].append(dt)

@@ -64,12 +64,15 @@ def shards(
     shard_size: int = typer.Option(ShardsConfig.shard_size, help="Samples per shard."),
     workers: int = typer.Option(ShardsConfig.workers, help="Processes probing videos."),
     overwrite: bool = typer.Option(ShardsConfig.overwrite, help="Replace a non-empty OUT."),
+    seed: int = typer.Option(ShardsConfig.seed, help="Seed of the packing order (recorded in index.json)."),
+    shuffle: bool = typer.Option(ShardsConfig.shuffle, help="Pack in a seeded random order (--no-shuffle: sorted)."),
 ):
     """Pack videos into webdataset tar shards (original bytes + probed metadata)."""
     from salt_cache.shards import write_shards
 
     with progress("files") as bar:
-        summary = write_shards(ShardsConfig(src, out, shard_size=shard_size, workers=workers, overwrite=overwrite), bar)
+        summary = write_shards(ShardsConfig(src, out, shard_size=shard_size, workers=workers, overwrite=overwrite,
+                                                seed=seed, shuffle=shuffle), bar)
     table = Table(title=f"shards in {out}")
     for col in ("shards", "packed", "rejected"):
         table.add_column(col, justify="right")

@@ -16,3 +16,8 @@ class DecodeError(SaltCacheError):
 
     def __reduce__(self):  # survives pickling across DataLoader / pool workers
         return (DecodeError, (self.key, self.reason))
+
+
+class DamagedRow(SaltCacheError):
+    """A cache row whose stored bytes fail their checksum (or cannot be read). Training skips
+    and counts it, up to data.max_damaged_rows; tools report it."""

@@ -82,8 +82,10 @@ def _block_size(g: torch.Generator, grid: Grid, m: MaskSet) -> tuple[int, int, i
     ar = m.aspect_ratio[0] + u[2] * (m.aspect_ratio[1] - m.aspect_ratio[0])
     t = max(1, int(gt * t_scale))
     keep = int(gh * gw * s_scale)
-    h = min(gh, max(1, int(round(math.sqrt(keep * ar)))))
-    w = min(gw, max(1, int(round(math.sqrt(keep / ar)))))
+    # V-JEPA clamps a block to less than the grid on each spatial axis (h < H', w < W'): a block
+    # spanning the whole height or width leaves the batch's minimum context tiny
+    h = min(max(1, gh - 1), max(1, int(round(math.sqrt(keep * ar)))))
+    w = min(max(1, gw - 1), max(1, int(round(math.sqrt(keep / ar)))))
     return t, h, w
 
 

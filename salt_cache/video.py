@@ -235,8 +235,10 @@ def read_frames(data: bytes, frames: tuple[int, ...] | list[int], key: str = "<v
     return torch.from_numpy(batch[[pos[f] for f in frames]])
 
 
-def decode_view(data: bytes, view: View) -> torch.Tensor:
-    """Video bytes + view -> normalized float32 clip [C, T, size, size]."""
+def decode_view_uint8(data: bytes, view: View) -> torch.Tensor:
+    """Video bytes + view -> the view's pixels, uint8 [C, T, size, size]: frames cropped to the
+    box, resized (bilinear, antialiased), rounded. This is what the teacher saw, before
+    `normalize_clip`, and what the loader ships (4x smaller than float32)."""
     import torch
     import torch.nn.functional as F
 
@@ -246,9 +248,33 @@ def decode_view(data: bytes, view: View) -> torch.Tensor:
         raise DecodeError(view.key, f"crop box {view.box} outside the {frames.shape[2]}x{frames.shape[1]} frame")
     clip = frames[:, y0:y1, x0:x1].permute(0, 3, 1, 2).float()  # [T, C, h, w]
     clip = F.interpolate(clip, size=(view.size, view.size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(view.mean).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(view.std).view(1, 3, 1, 1) * 255.0
-    return ((clip - mean) / std).permute(1, 0, 2, 3).contiguous()
+    return clip.round_().clamp_(0, 255).to(torch.uint8).permute(1, 0, 2, 3).contiguous()
+
+
+def normalize_clip(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 pixels [C, T, H, W] (mean, std: 3 values) or [B, C, T, H, W] (mean, std: [B, 3] or
+    3 values) -> float32 (x - 255 mean) / (255 std), on x's device. The one normalization: the
+    build's teacher input and the trainers' (on the device) are the same float32 arithmetic."""
+    import torch
+
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device) * 255.0
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device) * 255.0
+    shape = (-1, 1, 1, 1) if m.dim() == 1 else (m.shape[0], -1, 1, 1, 1)
+    return (x.float() - m.view(shape)) / s.view(shape)
+
+
+def view_crc(x: torch.Tensor) -> int:
+    """CRC-32 of a view's uint8 pixels [C, T, H, W] (C order): recorded with each cache row, so
+    Stage 2 and verify can tell that a decode gives exactly the pixels the teacher saw."""
+    import zlib
+
+    return zlib.crc32(x.contiguous().numpy().tobytes()) & 0xFFFFFFFF
+
+
+def decode_view(data: bytes, view: View) -> torch.Tensor:
+    """Video bytes + view -> normalized float32 clip [C, T, size, size]
+    (`normalize_clip(decode_view_uint8(...))`)."""
+    return normalize_clip(decode_view_uint8(data, view), view.mean, view.std)
 
 
 def denormalize(clip: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

@@ -19,7 +19,7 @@ from salt_cache.errors import SaltCacheError
 from salt_cache.shards import iter_shard, resolve_shards, shard_keys
 from salt_cache.spec import load_spec
 from salt_cache.video import decode_view, plan_view, probe_video
-from salt_cache.cache.store import ROW_ARRAYS, done_path
+from salt_cache.cache.store import OPTIONAL_ROW_ARRAYS, ROW_ARRAYS, done_path
 from test_cache_common import DIM, TOKENS, make_teacher, store_arrays, store_names, write_spec
 
 runner = CliRunner()
@@ -87,7 +87,7 @@ def test_rows_follow_shard_order_times_views_and_zarr_layout(built, demo):
         done = json.loads(done_path(built["cache"] / "stores" / name).read_text())
         with warnings.catch_warnings():  # the done record lies outside the Zarr hierarchy: listing it is quiet
             warnings.simplefilter("error")
-            assert sorted(n for n, _ in g.members()) == sorted(("latents",) + ROW_ARRAYS)
+            assert sorted(n for n, _ in g.members()) == sorted(("latents",) + ROW_ARRAYS + OPTIONAL_ROW_ARRAYS)
         assert done["rows"] == 2 * len(keys) and done["digest"].startswith("sha256:")
         assert not (built["cache"] / "stores" / (name + ".partial")).exists()
 
@@ -237,3 +237,161 @@ def test_inspect_reports_the_ranks_of_a_spread_sample_of_latents(built):
     assert res.exit_code == 0 and "latent ranks (8 of 72 ok rows, 32 tokens x 96 wide)" in res.output
     assert describe_cache(built["cache"], rank_sample=0)["ranks"] is None
     assert "latent ranks" not in runner.invoke(app, ["inspect", str(built["cache"]), "--rank-sample", "0"]).output
+
+
+def test_the_build_writes_a_compact_index_that_readers_memory_map(built, demo, tmp_path):
+    from salt_cache.cache.header import CacheHeader
+    from salt_cache.cache.index import INDEX_DIR, build_index, open_index
+
+    cache = built["cache"]
+    header = CacheHeader.read(cache)
+    mapped = open_index(cache, header)
+    assert mapped is not None and isinstance(mapped.hash, np.memmap)
+    fresh = build_index(cache, header)
+    for col in ("hash", "store", "row", "view", "status"):
+        assert np.array_equal(getattr(mapped, col), getattr(fresh, col))
+    assert mapped.counts == {"ok": 72, "failed": 0, "missing": 0, "rows": 72, "clips": 36, "clips_ok": 36, "stores": 4}
+    reader = CacheReader(cache)
+    keys = [k for p in resolve_shards(demo / "train") for k in shard_keys(p)]
+    assert sorted(keys) == reader.keys() and len(reader) == 36
+    assert all([r.view_index for r in reader.rows(k)] == [0, 1] for k in keys)
+    assert reader.rows("no-such-clip") == [] and not reader.has_key("no-such-clip")
+    # an index that does not cover the manifest's stores is not used: the reader builds its own
+    copy = tmp_path / "cache"
+    import shutil
+    shutil.copytree(cache, copy)
+    h = CacheHeader.read(copy)
+    h.with_stores({k: v for i, (k, v) in enumerate(sorted(h.stores.items())) if i > 0}).write(copy)
+    assert open_index(copy, CacheHeader.read(copy)) is None and (copy / INDEX_DIR).is_dir()
+    partial = CacheReader(copy)
+    first = shard_keys(resolve_shards(demo / "train")[0])  # the store dropped from the manifest
+    assert len(partial) == 36 - len(first) and partial.counts()["stores"] == 3
+    assert [k for k in keys if not partial.has_key(k)] == first
+
+
+def test_stage2_refuses_shards_that_differ_from_the_caches(built, demo, tmp_path):
+    from salt_cache.cache.header import CacheHeader
+    from salt_cache.train.student import shard_difference
+
+    header = CacheHeader.read(built["cache"])
+    shards = resolve_shards(demo / "train")
+    assert shard_difference(header, shards) is None
+    repacked = tmp_path / "train"
+    repacked.mkdir()
+    for p in shards:
+        (repacked / p.name).write_bytes(p.read_bytes() + (b"\0" * 10240 if p.name.endswith("2.tar") else b""))
+    why = shard_difference(header, resolve_shards(repacked))
+    assert "shard-000002.tar has" in why and "repacked or changed data" in why
+    (repacked / "shard-000002.tar").rename(repacked / "other.tar")
+    assert "other.tar is not one the cache was built from" in shard_difference(header, [repacked / "other.tar"])
+
+
+def test_a_damaged_row_is_skipped_and_counted_up_to_the_limit(built, demo, tmp_path):
+    import shutil
+
+    from salt_cache.masks import DEFAULT_MASKS
+    from salt_cache.train.data import TrainData, TrainStream
+    from salt_cache.train.student import CacheJoin
+
+    cache = tmp_path / "cache"
+    shutil.copytree(built["cache"], cache)
+    shard_file = sorted((cache / "stores").glob("*.zarr"))[0] / "latents" / "c" / "0" / "0" / "0"
+    blob = bytearray(shard_file.read_bytes())
+    end = len(blob) - 100  # every chunk of the first Zarr shard (rows 0-3), not its index at the end
+    blob[:end] = bytes(b ^ 0xFF for b in blob[:end])
+    shard_file.write_bytes(bytes(blob))
+    shards = resolve_shards(demo / "train")
+    join = CacheJoin(cache, seed=0)
+    stream = TrainStream(shards, join, 4, (2, 4, 4), DEFAULT_MASKS, seed=0, rank=0, world_size=1, workers=1,
+                         shuffle_buffer=4)
+    seen, skipped, damaged = 0, 0, 0
+    for batch in stream.batches(split=0, n_splits=1):
+        if batch["position"]["epoch"] > 0:
+            break
+        seen += len(batch["keys"])
+        skipped += batch["skipped"]
+        damaged += batch["damaged"]
+        assert seen + skipped == batch["position"]["consumed"]
+    assert damaged == 2 and skipped >= damaged  # the first two clips of the store, whichever view
+    data = TrainData(shards, join, batch_size=4, grid=(2, 4, 4), mask_sets=DEFAULT_MASKS, seed=0, rank=0,
+                     world_size=1, workers=0, shuffle_buffer=4, max_damaged=0)
+    with pytest.raises(SaltCacheError, match=r"data.max_damaged_rows: \d cache rows failed their checksum on this rank \(limit 0\)"):
+        for _ in range(20):
+            data.next()
+
+
+def test_the_loader_ships_uint8_clips_and_stored_latents_normalized_on_device_as_the_teacher_saw(built, demo):
+    from salt_cache.masks import DEFAULT_MASKS
+    from salt_cache.train.data import TrainStream, on_device
+    from salt_cache.train.student import CacheJoin
+    from salt_cache.video import View, decode_view, decode_view_uint8, view_crc
+
+    shards = resolve_shards(demo / "train")
+    join = CacheJoin(built["cache"], seed=0)
+    stream = TrainStream(shards, join, 3, (2, 4, 4), DEFAULT_MASKS, seed=0, rank=0, world_size=1, workers=1,
+                         shuffle_buffer=4)
+    batch = next(stream.batches(split=0, n_splits=1))
+    assert batch["clip"].dtype == torch.uint8 and batch["latents"].dtype == torch.float16
+    videos = {k: v for p in shards for k, v, _ in iter_shard(p)}
+    reader = join.reader
+    refs = [next(r for r in reader.rows(k) if r.view_index == v) for k, v in zip(batch["keys"], batch["view_index"])]
+    views = [reader.view(r) for r in refs]
+    ready = on_device(batch, torch.device("cpu"))
+    want = torch.stack([decode_view(videos[k], v) for k, v in zip(batch["keys"], views)])
+    assert ready["clip"].dtype == torch.float32 and torch.equal(ready["clip"], want)  # bit for bit
+    assert torch.equal(ready["latents"].float(), torch.stack([reader.read(r) for r in refs]))
+    # the build recorded the CRC of exactly these uint8 pixels
+    assert all(reader.view_crc(r) == view_crc(decode_view_uint8(videos[k], v))
+               for r, k, v in zip(refs, batch["keys"], views))
+
+
+def test_stage2_refuses_a_view_that_decodes_to_other_pixels(built, demo, tmp_path):
+    import shutil
+
+    from salt_cache.train.data import StageContext
+    from salt_cache.train.student import CacheJoin
+
+    cache = tmp_path / "cache"
+    shutil.copytree(built["cache"], cache)
+    store = sorted((cache / "stores").glob("*.zarr"))[0]
+    crc = zarr.open_group(store, mode="r+", zarr_format=3)["view_crc"]
+    crc[...] = np.asarray(crc[...]) ^ 1  # as if the pixels decoded by this machine were others
+    key, video, meta = next(iter_shard(resolve_shards(demo / "train")[0]))
+    from salt_cache.shards.read import Sample
+
+    with pytest.raises(SaltCacheError, match=f"^{key}: the decoded view .* differs from the pixels the teacher saw"):
+        CacheJoin(cache, seed=0)(Sample(key, video, meta), StageContext(epoch=0, train=True))
+
+
+def test_a_spec_normalizing_otherwise_than_the_teacher_was_trained_is_refused(built, demo, tmp_path):
+    from salt_cache.checkpoint import save_encoder
+    from salt_cache.models import build_encoder
+
+    teacher = tmp_path / "teacher.pt"
+    trained = {"frames": 4, "frame_step": 2, "size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    save_encoder(teacher, build_encoder("micro", patch_size=8, tubelet_size=2),
+                 meta={"origin": "train-teacher", "clip": trained})
+    with pytest.raises(SaltCacheError, match=r"clip.mean: spec 'test32' normalizes with mean \[0.485.*trained with \[0.5, 0.5, 0.5\]"):
+        build_cache(BuildConfig(teacher, demo / "train", built["spec"], tmp_path / "cache"))
+    assert not (tmp_path / "cache" / "cache.json").exists()
+
+
+def test_the_row_writer_thread_keeps_order_and_hands_errors_back():
+    from salt_cache.cache.build import RowWriter
+
+    done = []
+    w = RowWriter(depth=2)
+    for i in range(20):
+        w.submit(done.append, i)
+    w.drain()
+    assert done == list(range(20))
+
+    def boom(i):
+        raise ValueError(f"row {i} written twice")
+
+    w.submit(boom, 3)
+    w.submit(done.append, 99)  # skipped: the writer stops at its first error
+    with pytest.raises(ValueError, match="row 3 written twice"):
+        w.drain()
+    w.close()
+    assert done[-1] == 19

@@ -46,12 +46,23 @@ def test_masks_are_disjoint_sorted_full_temporal_and_seeded():
         for i in range(6):
             assert not set(ctx[i].tolist()) & set(tgt[i].tolist())
             assert torch.all(ctx[i][1:] > ctx[i][:-1])
-            # temporal scale 1: a masked (h, w) is masked in every frame
-            t_hw = tgt[i].view(-1)
-            hw = {int(x) % 196 for x in t_hw}
-            assert len(t_hw) <= len(hw) * 8
     (ctx_s, _), (ctx_l, _) = a
     assert ctx_s.shape[1] > ctx_l.shape[1]  # long-range masks hide more
+    for s in range(20):  # one sample per batch: no truncation, the whole target is there
+        for _, tgt in multiblock_masks(1, grid, DEFAULT_MASKS, seed=s):
+            # temporal scale 1: a masked (h, w) is masked in every one of the 8 frames
+            per_hw = np.bincount(tgt[0].numpy() % 196, minlength=196)
+            assert set(per_hw.tolist()) <= {0, 8} and per_hw.sum() == tgt.shape[1]
+
+
+def test_blocks_are_clamped_below_the_grid_as_vjepa_does():
+    from salt_cache.masks import _block_size
+
+    grid = (8, 14, 14)
+    long = DEFAULT_MASKS[1]
+    sizes = [_block_size(torch.Generator().manual_seed(s), grid, long) for s in range(400)]
+    assert max(h for _, h, _ in sizes) == 13 and max(w for _, _, w in sizes) == 13  # never the full 14
+    assert min(h for _, h, _ in sizes) < 13  # the clamp bites only the largest draws
 
 
 @dataclass

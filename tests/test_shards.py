@@ -105,3 +105,38 @@ def test_resolve_shards_forms(mixed, tmp_path):
     with pytest.raises(SaltCacheError, match="no .tar shards"):
         resolve_shards(tmp_path / "empty")
     assert tarfile.is_tarfile(by_folder[0])
+
+
+def test_absolute_manifest_paths_give_the_same_keys_wherever_the_data_lies(tmp_path):
+    keys = []
+    for where in ("one/deep/place", "another"):
+        root = tmp_path / where
+        for i in range(3):
+            write_video(root / "videos" / f"c{i}" / f"clip{i}.mp4", frames=4, seed=i)
+        manifest = tmp_path / "lists" / f"m-{len(keys)}.jsonl"  # the data lies outside its folder
+        manifest.parent.mkdir(exist_ok=True)
+        manifest.write_text("".join(json.dumps({"path": str(root / "videos" / f"c{i}" / f"clip{i}.mp4")}) + "\n"
+                                    for i in range(3)))
+        write_shards(ShardsConfig(manifest, tmp_path / f"out-{len(keys)}", workers=1))
+        keys.append(sorted(k for s in resolve_shards(tmp_path / f"out-{len(keys)}") for k in shard_keys(s)))
+    assert keys[0] == keys[1] == ["c0__clip0", "c1__clip1", "c2__clip2"]
+    # a manifest beside its data: absolute paths are taken relative to the manifest's folder
+    manifest = tmp_path / "another" / "m.csv"
+    manifest.write_text("path\n" + "".join(f"{tmp_path / 'another' / 'videos' / f'c{i}' / f'clip{i}.mp4'}\n" for i in range(3)))
+    write_shards(ShardsConfig(manifest, tmp_path / "out-csv", workers=1))
+    assert sorted(k for s in resolve_shards(tmp_path / "out-csv") for k in shard_keys(s))[0] == "videos__c0__clip0"
+
+
+def test_packing_order_is_shuffled_by_a_recorded_seed(tmp_path):
+    for i in range(12):
+        write_video(tmp_path / "src" / f"class{i // 4}" / f"v{i:02d}.mp4", frames=4, seed=i)
+    orders = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        write_shards(ShardsConfig(tmp_path / "src", tmp_path / name, shard_size=4, workers=1, seed=seed))
+        orders[name] = [k for s in resolve_shards(tmp_path / name) for k in shard_keys(s)]
+        index = json.loads((tmp_path / name / "index.json").read_text())
+        assert index["order"] == {"shuffled": True, "seed": seed}
+    assert orders["a"] == orders["b"] != orders["c"]
+    assert sorted(orders["a"]) == sorted(orders["c"]) and orders["a"] != sorted(orders["a"])
+    # the first shard is not one class, as a sorted walk would make it
+    assert len({k.split("__")[0] for k in orders["a"][:4]}) > 1

@@ -285,3 +285,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(demo, tmp_pa
         assert all(abs(ra[c] - rb[c]) < 1e-4 * ra[c] for c in RANK_KEYS), (ra, rb)
     ta, tb = (torch.load(p / "teacher.pt", weights_only=True)["state_dict"] for p in (one, two))
     assert all(torch.allclose(ta[k], tb[k], atol=1e-5) for k in ta)
+
+
+def test_step_checkpoints_are_pruned_to_the_newest_and_every_n(demo, tmp_path):
+    out = tmp_path / "run"
+    cfg = micro_config(demo, steps=5, workers=0, val_batches=0, ckpt_every=1, ckpt_keep_every=2)
+    train(cfg, out, stop_at=3, show_progress=False)
+    assert [s for s, _ in RunFolder(out).step_checkpoints()] == [2, 3]
+    train(cfg, out, resume=True, show_progress=False)
+    assert [s for s, _ in RunFolder(out).step_checkpoints()] == [2, 4, 5] and RunFolder(out).last.is_file()

@@ -17,7 +17,7 @@ from salt_cache.diagnostics import RANK_KEYS
 from salt_cache.masks import MaskSet, multiblock_masks
 from salt_cache.train.config import load_run_config
 from salt_cache.shards import read_samples
-from salt_cache.train.data import StageContext, collate
+from salt_cache.train.data import StageContext, collate, on_device
 from salt_cache.train.runs import read_log
 from salt_cache.train.student import CacheJoin, StudentConfig, build_model, train
 from salt_cache.shards import resolve_shards
@@ -61,7 +61,7 @@ def joined_batch(demo, cache, n=4, latents=True) -> dict:
     items = [stage(s, StageContext(epoch=0, train=False)) for s in list(read_samples(resolve_shards(demo / "val")))[:n]]
     batch = collate(items)
     batch["masks"] = multiblock_masks(n, (2, 4, 4), (MaskSet("short", 8, (0.15, 0.15)), MaskSet("long", 2, (0.7, 0.7))), seed=5)
-    return batch
+    return on_device(batch, torch.device("cpu"))  # the uint8 clip normalized, as the trainer does
 
 
 def test_no_leak_target_pixels_move_neither_context_outputs_nor_loss(demo, cached):

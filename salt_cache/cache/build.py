@@ -3,8 +3,10 @@
 Flow per process: resolve shards -> load and check the teacher -> write or check cache.json ->
 for each of this rank's shards (index % world_size == rank) not already done: clear leftovers,
 decode views in DataLoader workers (in order, overlapping the teacher forward), run the teacher
-(eval, inference mode, bf16 autocast on CUDA) on batches that never cross a store, write the
-store whole under a temporary name, rename it, update the manifest (rank 0).
+(eval, inference mode, bf16 autocast on CUDA) on batches that never cross a store, hand each
+batch's rows to a writer thread (storage dtype, stats, checksums, compression: `RowWriter`, so
+the teacher never waits on the CPU), write the store whole under a temporary name, rename it,
+list it in the manifest (rank 0), and at the end write the key index (`cache.index`).
 
 Batches are formed from a store's rows in row order, so a store's bytes do not depend on the
 worker count, on how many stores were skipped, or on the rank that built it: a resumed or
@@ -24,13 +26,18 @@ import torch
 from salt_cache import dist
 from salt_cache.cache.config import BuildConfig
 from salt_cache.cache.header import CACHE_JSON, CacheHeader
-from salt_cache.cache.manifest import compatibility_problem, make_header, refresh_manifest
+from salt_cache.cache.index import write_index
+from salt_cache.cache.manifest import add_store, compatibility_problem, make_header, refresh_manifest
 from salt_cache.cache.source import ClipDataset, ClipItem
 from salt_cache.cache.store import STORES_DIR, StoreWriter, clear_partial, read_done, store_name
 from salt_cache.checkpoint import file_sha256, load_encoder
 from salt_cache.errors import SaltCacheError
 from salt_cache.shards import index_shard, resolve_shards
 from salt_cache.spec import CacheSpec, load_spec
+
+# rank 0 lists its own stores as they finish (O(1) each) and picks up the other ranks' finished
+# stores with a scan at most this often, so cache.json stays usable if the build is interrupted
+RESCAN_S = 60.0
 
 # a DataLoader that yields nothing for this long is treated as a hung decoder (decord can hang on
 # files that over-report their frame count); the build stops with an error and can be resumed
@@ -73,7 +80,8 @@ class BuildSummary:
 
 def _check_teacher(spec: CacheSpec, teacher: Path, config: dict, meta: dict | None = None) -> None:
     """Refuse a spec the teacher cannot encode as it was trained to, naming the field: patch and
-    tubelet always; for an imported teacher (meta["input"]) also the clip normalization and, when
+    tubelet always; for a teacher trained here, the clip normalization it was trained with; for
+    an imported teacher (meta["input"]) also the clip normalization and, when
     its positions are tied to the training grid (VideoMAE's 1-D table), clip.size and clip.frames."""
     p, t, c = config.get("patch_size"), config.get("tubelet_size"), config.get("in_chans", 3)
     if (p, t) != (spec.patch_size, spec.tubelet_size):
@@ -85,8 +93,18 @@ def _check_teacher(spec: CacheSpec, teacher: Path, config: dict, meta: dict | No
     if c != 3:
         raise SaltCacheError(f"{teacher}: teacher expects {c} input channels, clips have 3")
     want = (meta or {}).get("input")
+    trained = (meta or {}).get("clip") if (meta or {}).get("origin") == "train-teacher" else None
+    if not isinstance(want, dict) and isinstance(trained, dict):
+        # a teacher of ours: any geometry, but the pixel normalization it was trained with
+        for name in ("mean", "std"):
+            have, had = list(getattr(spec.clip, name)), list(trained.get(name) or [])
+            if had and (len(have) != len(had) or any(abs(a - b) > 1e-6 for a, b in zip(have, had))):
+                raise SaltCacheError(
+                    f"{teacher}: clip.{name}: spec {spec.name!r} normalizes with {name} {have}, but the teacher was "
+                    f"trained with {had} (train-teacher clip.{name}); set clip.{name} in the spec to match")
+        return
     if not isinstance(want, dict):
-        return  # a teacher of ours: trained on whatever spec it is given
+        return  # a teacher of ours without a recorded training clip: any spec
     for name in ("mean", "std"):
         have = list(getattr(spec.clip, name))
         if len(have) != len(want[name]) or any(abs(a - b) > 1e-6 for a, b in zip(have, want[name])):
@@ -221,14 +239,17 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
                          total=len(items)) if show else None
 
     views, dim = spec.views, header.teacher_dim
-    batch: list[tuple[StoreWriter, int, str, int, dict, str, torch.Tensor]] = []
+    batch: list[tuple[StoreWriter, int, str, int, dict, str, int, torch.Tensor]] = []
     doc = CacheHeader.read(out) if env.is_main else None
+
+    def put_batch(rows: list, y: torch.Tensor) -> None:
+        for (w, row, key, v, view, meta, crc, _), latents in zip(rows, y):
+            w.put_ok(row, key, v, view, meta, latents, crc=crc)
 
     def flush() -> None:
         if batch:
             y = _encode(model, [b[-1] for b in batch], env.device)
-            for (w, row, key, v, view, meta, _), latents in zip(batch, y):
-                w.put_ok(row, key, v, view, meta, latents)
+            writer.submit(put_batch, list(batch), y)  # the teacher moves on to the next batch
             batch.clear()
 
     from torch.utils.data import DataLoader
@@ -238,39 +259,46 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
         num_workers=workers, prefetch_factor=4 if workers else None, timeout=DECODE_TIMEOUT_S if workers else 0,
     )
     it = iter(loader)
-    k, rows_built = 0, 0
-    for pos, i in enumerate(pending):
-        t_store = time.time()
-        # nothing machine- or path-specific: a store's bytes depend only on data, spec, teacher
-        attrs = {"shard": shards[i].name, "shard_index": i, "cache_id": header.cache_id,
-                 "views": views, "grid": list(spec.grid),
-                 "tokens": spec.tokens, "dim": dim, "dtype": spec.storage.dtype}
-        w = StoreWriter(root / store_name(i, shards[i]), len(samples[i]) * views, spec.tokens, dim,
-                        spec.storage, attrs)
-        for _ in samples[i]:
-            item = items[k]
-            k += 1
-            try:
-                res = next(it)
-            except RuntimeError as e:
-                raise SaltCacheError(f"decoding failed near clip {item.tar.key} of {shards[i].name}: "
-                                     f"{str(e).splitlines()[0][:200]} (re-run the same command to resume)") from None
-            for v in range(views):
-                row = item.sample * views + v
-                if res["x"][v] is None:
-                    w.put_failed(row, item.tar.key, v, res["views"][v], res["meta"], res["reasons"][v])
-                else:
-                    batch.append((w, row, item.tar.key, v, res["views"][v], res["meta"], res["x"][v]))
-                    if len(batch) == batch_size:
-                        flush()
-            if show:
-                show.advance(task)
-        flush()  # batches never cross a store: its bytes must not depend on its neighbours
-        w.finish({"seconds": round(time.time() - t_store, 3), "rank": env.rank,
-                  **{key: header.build[key] for key in ("device", "autocast", "batch_size")}})
-        rows_built += w.rows
-        if doc is not None:
-            doc = refresh_manifest(out, doc, full=False)
+    writer = RowWriter()
+    try:
+        k, rows_built, last_scan = 0, 0, time.monotonic()
+        for pos, i in enumerate(pending):
+            t_store = time.time()
+            # nothing machine- or path-specific: a store's bytes depend only on data, spec, teacher
+            attrs = {"shard": shards[i].name, "shard_index": i, "cache_id": header.cache_id,
+                     "views": views, "grid": list(spec.grid),
+                     "tokens": spec.tokens, "dim": dim, "dtype": spec.storage.dtype}
+            w = StoreWriter(root / store_name(i, shards[i]), len(samples[i]) * views, spec.tokens, dim,
+                            spec.storage, attrs)
+            for _ in samples[i]:
+                item = items[k]
+                k += 1
+                try:
+                    res = next(it)
+                except RuntimeError as e:
+                    raise SaltCacheError(f"decoding failed near clip {item.tar.key} of {shards[i].name}: "
+                                         f"{str(e).splitlines()[0][:200]} (re-run the same command to resume)") from None
+                for v in range(views):
+                    row = item.sample * views + v
+                    if res["x"][v] is None:
+                        writer.submit(w.put_failed, row, item.tar.key, v, res["views"][v], res["meta"], res["reasons"][v])
+                    else:
+                        batch.append((w, row, item.tar.key, v, res["views"][v], res["meta"], res["crc"][v], res["x"][v]))
+                        if len(batch) == batch_size:
+                            flush()
+                if show:
+                    show.advance(task)
+            flush()  # batches never cross a store: its bytes must not depend on its neighbours
+            writer.drain()  # every row of the store is in
+            record = w.finish({"seconds": round(time.time() - t_store, 3), "rank": env.rank,
+                               **{key: header.build[key] for key in ("device", "autocast", "batch_size")}})
+            rows_built += w.rows
+            if doc is not None:
+                doc = add_store(out, doc, w.final.name, record)
+                if env.distributed and time.monotonic() - last_scan > RESCAN_S:
+                    doc, last_scan = refresh_manifest(out, doc, full=False), time.monotonic()
+    finally:
+        writer.close()
     del it, loader
     encode_s = time.monotonic() - t_encode
     if show:
@@ -278,11 +306,63 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
 
     clips_built, rows_all = (round(v) for v in dist.all_reduce_sum(torch.tensor([len(items), rows_built]), env).tolist())
     dist.barrier(env)
-    doc = refresh_manifest(out, CacheHeader.read(out)) if env.is_main else CacheHeader.read(out)
+    if env.is_main:
+        doc = refresh_manifest(out, CacheHeader.read(out))
+        write_index(out, doc)  # the compact key index every reader memory-maps
+    dist.barrier(env)
+    doc = doc if env.is_main else CacheHeader.read(out)
     summary = _summarize(out, doc, skipped, cleared, len(pending), clips_built, rows_all, env, t0, encode_s)
     if env.is_main:
         replace(doc, summary=summary.to_dict()).write(out)
     return summary
+
+
+class RowWriter:
+    """One thread doing the per-row CPU work of a build (storage dtype, stats, checksums,
+    compression, Zarr shard writes: `StoreWriter.put_ok` / `put_failed`) in submission order,
+    beside the teacher, so that on a GPU the next forward never waits on the CPU. At most
+    `depth` batches wait; an error in the thread is raised by the next `submit` or `drain`."""
+
+    def __init__(self, depth: int = 4):
+        import queue
+        import threading
+
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="salt-cache-row-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.q.get()
+            try:
+                if job is None:
+                    return
+                if self.error is None:
+                    fn, args = job
+                    fn(*args)
+            except BaseException as e:  # handed to the main thread
+                self.error = e
+            finally:
+                self.q.task_done()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            e, self.error = self.error, None
+            raise e
+
+    def submit(self, fn, *args) -> None:
+        self._raise()
+        self.q.put((fn, args))
+
+    def drain(self) -> None:
+        """Wait until every submitted job ran; raise the first error."""
+        self.q.join()
+        self._raise()
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
 
 
 def _summarize(out: Path, doc: CacheHeader, skipped: int, cleared: int, built: int,

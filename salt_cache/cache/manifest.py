@@ -121,6 +121,13 @@ def scan_stores(cache: Path, header: CacheHeader, known: dict | None = None) -> 
     return out
 
 
+def add_store(cache: Path, header: CacheHeader, name: str, done: dict) -> CacheHeader:
+    """List one store that this process just finished (its done record `done`) and write
+    cache.json: no store is scanned, so the cost per finished store does not grow with the
+    number of stores (only the file's own size)."""
+    return header.with_stores({**header.stores, name: manifest_entry(done)}).write(cache)
+
+
 def refresh_manifest(cache: Path, header: CacheHeader, full: bool = True) -> CacheHeader:
     """Rescan finished stores (only the unlisted ones unless `full`), set the status, write
     cache.json; returns the header as written."""

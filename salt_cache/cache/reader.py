@@ -2,8 +2,10 @@
 
 Construction reads `cache.json` only, so a reader is cheap to build and to pickle into DataLoader
 workers. Zarr stores are opened lazily in the process that reads them (handles are dropped on
-pickling and after a fork), and the key index (key -> rows) is built on first use from each
-store's small `key`, `status` and `view_index` arrays.
+pickling and after a fork), and the key index (key -> store, row, view, status) is the build's
+memory-mapped `CACHE/index/` (`salt_cache.cache.index`): a worker opens only the stores it reads
+from, and holds no per-row Python objects. Without a current index (an interrupted build) the
+same arrays are built in memory on first use.
 
 Only the stores listed in the manifest are visible: an interrupted build is usable, with the
 clips of its finished stores.
@@ -21,12 +23,13 @@ import numpy as np
 import torch
 
 from salt_cache.cache.header import CacheHeader
+from salt_cache.cache.index import KeyIndex, build_index, open_index
 from salt_cache.cache.store import STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage, open_group
-from salt_cache.errors import SaltCacheError
+from salt_cache.errors import DamagedRow, SaltCacheError
 from salt_cache.spec import CacheSpec
 from salt_cache.video import View
 
-LRU_STORES = 8  # per-store string arrays (views, meta) kept decoded per process
+LRU_STORES = 8  # per-store row arrays (views, status, meta) kept decoded per process
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ class CacheReader:
         self.tokens: int = h.tokens
         self.dtype: str = h.dtype
         self.stores: list[str] = sorted(h.stores)
-        self._index: dict | None = None
+        self._index: KeyIndex | None = None
+        self._keys: list[str] | None = None
         self._reset_handles()
 
     def require(self, **expected) -> None:
@@ -76,12 +80,13 @@ class CacheReader:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for k in ("_groups", "_strings", "_pid"):
+        for k in ("_groups", "_strings", "_pid", "_index", "_keys"):
             state.pop(k, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self._index, self._keys = None, None  # re-mapped in the process that reads
         self._reset_handles()
 
     def _group(self, store: str):
@@ -99,75 +104,74 @@ class CacheReader:
         return g
 
     def _string_array(self, store: str, name: str) -> np.ndarray:
+        return self._small_array(store, name, dtype=object)
+
+    def _small_array(self, store: str, name: str, dtype=None) -> np.ndarray:
+        """A per-row array of one store (key, view, status, meta, ...), kept for the last few
+        stores read in this process."""
         self._local()
         k = (store, name)
         if k in self._strings:
             self._strings.move_to_end(k)
             return self._strings[k]
-        a = np.asarray(self._group(store)["group"][name][...], dtype=object)
+        a = np.asarray(self._group(store)["group"][name][...], dtype=dtype)
         self._strings[k] = a
-        while len(self._strings) > 2 * LRU_STORES:
+        while len(self._strings) > 3 * LRU_STORES:
             self._strings.popitem(last=False)
         return a
 
     # ---- index ------------------------------------------------------------------------------------
-    def _build_index(self) -> dict:
-        if self._index is not None:
-            return self._index
-        ok: dict[str, list[RowRef]] = {}
-        first: dict[str, tuple[str, int]] = {}
-        status: dict[str, np.ndarray] = {}
-        counts = {"ok": 0, "failed": 0, "missing": 0}
-        for store in self.stores:
-            g = self._group(store)["group"]
-            keys = np.asarray(g["key"][...], dtype=object)
-            st = np.asarray(g["status"][...])
-            vi = np.asarray(g["view_index"][...])
-            status[store] = st
-            for row, (key, s, v) in enumerate(zip(keys.tolist(), st.tolist(), vi.tolist())):
-                if key in first and first[key][0] != store:
-                    raise SaltCacheError(f"{self.root}: key {key!r} is in two stores ({first[key][0]} and {store})")
-                first.setdefault(key, (store, row))
-                counts[STATUS_NAMES.get(s, "missing")] += 1
-                if s == STATUS_OK:
-                    ok.setdefault(key, []).append(RowRef(store, row, int(v)))
-        counts["rows"] = sum(len(s) for s in status.values())
-        counts["clips"] = len(first)
-        counts["clips_ok"] = len(ok)
-        counts["stores"] = len(self.stores)
-        self._index = {"ok": ok, "first": first, "status": status, "counts": counts, "keys": sorted(ok)}
+    def _key_index(self) -> KeyIndex:
+        if self._index is None:
+            self._index = open_index(self.root, self.header) or build_index(self.root, self.header)
         return self._index
 
+    def _refs(self, key: str, ok_only: bool = True) -> list[RowRef]:
+        ix = self._key_index()
+        lo, hi = ix.span(key)
+        return [RowRef(ix.stores[int(ix.store[i])], int(ix.row[i]), int(ix.view[i])) for i in range(lo, hi)
+                if not ok_only or ix.status[i] == STATUS_OK]
+
     def keys(self) -> list[str]:
-        """Clip keys with at least one ok row, sorted."""
-        return list(self._build_index()["keys"])
+        """Clip keys with at least one ok row, sorted. Reads every store's key array: for tools,
+        not for DataLoader workers (they look keys up with `rows`)."""
+        if self._keys is None:
+            out = set()
+            for store in self.stores:
+                g = self._group(store)["group"]
+                keys = np.asarray(g["key"][...], dtype=object)
+                st = np.asarray(g["status"][...])
+                out.update(keys[st == STATUS_OK].tolist())
+            self._keys = sorted(out)
+        return list(self._keys)
 
     def __len__(self) -> int:
-        return len(self._build_index()["keys"])
+        return int(self._key_index().counts["clips_ok"])
 
     def __contains__(self, key: str) -> bool:
-        return key in self._build_index()["ok"]
+        return bool(self._refs(key))
 
     def has_key(self, key: str) -> bool:
         """True when the cache holds any row for `key`, ok or failed (a failed clip is known and
         skipped; an unknown one is missing from the cache)."""
-        return key in self._build_index()["first"]
+        lo, hi = self._key_index().span(key)
+        return hi > lo
 
     def rows(self, key: str) -> list[RowRef]:
         """The ok rows of a clip (empty when the clip has none or is unknown)."""
-        return list(self._build_index()["ok"].get(key, []))
+        return self._refs(key)
 
     def status(self, ref: RowRef) -> str:
-        st = self._build_index()["status"].get(ref.store)
-        if st is None:
+        if ref.store not in self.header.stores:
             raise SaltCacheError(f"{self.root}: no finished store {ref.store!r} in the manifest")
+        st = self._small_array(ref.store, "status")
         if not 0 <= ref.row < len(st):
             raise SaltCacheError(f"{self.root}: no row {ref.row} in store {ref.store!r}")
         return STATUS_NAMES.get(int(st[ref.row]), "missing")
 
     def counts(self) -> dict:
         """{"ok", "failed", "missing", "rows", "clips", "clips_ok", "stores"} over the listed stores."""
-        return dict(self._build_index()["counts"])
+        return dict(self._key_index().counts)
 
     # ---- rows -------------------------------------------------------------------------------------
     def view(self, ref: RowRef) -> View:
@@ -177,9 +181,19 @@ class CacheReader:
             raise SaltCacheError(f"{ref.store} row {ref.row}: no view recorded (status {self.status(ref)})")
         return View.from_dict(json.loads(raw))
 
-    def read(self, ref: RowRef) -> torch.Tensor:
-        """Latents of one row -> float32 [tokens, D] (one chunk read). Refuses a row whose status
-        is not ok: unwritten chunks read back as zeros without any error."""
+    def view_crc(self, ref: RowRef) -> int | None:
+        """CRC-32 of the row's uint8 view as the build decoded it (`video.view_crc`); None for a
+        store written before it was recorded."""
+        try:
+            a = self._small_array(ref.store, "view_crc")
+        except KeyError:
+            a = self._strings[(ref.store, "view_crc")] = np.zeros(0, dtype=np.uint32)  # remembered: absent
+        return int(a[ref.row]) if len(a) else None
+
+    def read(self, ref: RowRef, upcast: bool = True) -> torch.Tensor:
+        """Latents of one row -> float32 [tokens, D] (one chunk read); `upcast` False: in the
+        stored dtype (float16 / bfloat16 / float32), for the loader to ship. Refuses a row whose
+        status is not ok: unwritten chunks read back as zeros without any error."""
         s = self.status(ref)
         if s != "ok":
             key = self._string_array(ref.store, "key")[ref.row]
@@ -187,8 +201,8 @@ class CacheReader:
         try:
             a = self._group(ref.store)["latents"][ref.row]
         except Exception as e:  # a damaged chunk fails its crc32c
-            raise SaltCacheError(f"{ref.store} row {ref.row}: unreadable latents ({type(e).__name__}: {str(e)[:120]})") from None
-        return from_storage(a, self.dtype)
+            raise DamagedRow(f"{ref.store} row {ref.row}: unreadable latents ({type(e).__name__}: {str(e)[:120]})") from None
+        return from_storage(a, self.dtype, upcast)
 
     def read_key(self, key: str, view_index: int | None = None) -> tuple[RowRef, torch.Tensor]:
         """Convenience: the row of `key` with `view_index` (default: its first ok row) and its latents."""
@@ -201,8 +215,8 @@ class CacheReader:
 
     def meta(self, key: str) -> dict:
         """The clip's shard-sample JSON (source, label, frames, fps, ...) as stored by the build."""
-        where = self._build_index()["first"].get(key)
-        if where is None:
+        refs = self._refs(key, ok_only=False)
+        if not refs:
             raise SaltCacheError(f"{self.root}: unknown key {key!r}")
-        raw = self._string_array(where[0], "meta")[where[1]]
+        raw = self._string_array(refs[0].store, "meta")[refs[0].row]
         return json.loads(raw) if raw else {}

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from salt_cache.errors import DecodeError, SaltCacheError
 from salt_cache.shards.read import TarSample, read_member, read_meta
-from salt_cache.video import VIDEO_EXTENSIONS, ClipSpec, clip_info, decode_view, plan_view
+from salt_cache.video import VIDEO_EXTENSIONS, ClipSpec, clip_info, decode_view_uint8, normalize_clip, plan_view, view_crc
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,11 @@ def load_clip(item: ClipItem, clip: ClipSpec, views: int, seed: int) -> dict:
     """Read, probe, plan and decode every view of one clip.
 
     Returns {"meta": JSON string, "views": [View dict | None] * views,
-             "x": [float32 [C, T, S, S] | None] * views, "reasons": [str | None] * views}.
+             "x": [float32 [C, T, S, S] | None] * views, "crc": [int | None] * views (`view_crc`
+             of each view's uint8 pixels, which `x` normalizes), "reasons": [str | None] * views}.
     A failure is recorded per view with its reason; nothing raises for a bad clip."""
-    out = {"meta": "{}", "views": [None] * views, "x": [None] * views, "reasons": [None] * views}
+    out = {"meta": "{}", "views": [None] * views, "x": [None] * views, "crc": [None] * views,
+           "reasons": [None] * views}
 
     def fail_all(reason: str) -> dict:
         out["reasons"] = [reason] * views
@@ -71,12 +73,14 @@ def load_clip(item: ClipItem, clip: ClipSpec, views: int, seed: int) -> dict:
         try:
             view = plan_view(tar.key, v, seed, info, clip)
             out["views"][v] = view.to_dict()
-            x = decode_view(data, view)
+            pixels = decode_view_uint8(data, view)
+            x = normalize_clip(pixels, view.mean, view.std)
             if tuple(x.shape) != expected:
                 raise DecodeError(tar.key, f"decoded clip has shape {tuple(x.shape)}, expected {expected}")
             if not torch.isfinite(x).all():
                 raise DecodeError(tar.key, "decoded clip has non-finite values")
             out["x"][v] = x
+            out["crc"][v] = view_crc(pixels)
         except DecodeError as e:
             out["reasons"][v] = e.reason
         except Exception as e:

@@ -13,6 +13,8 @@ Layout of `CACHE/stores/<NNNNNN>-<shard stem>.zarr` (a Zarr group):
     stats       [rows, 3] float32  mean, std (population), L2 norm of the fp32 teacher output
     checksum    [rows] uint32      CRC-32 of the row's stored bytes (little-endian)
     meta        [rows] string      the clip's shard-sample JSON (source, label, frames, ...)
+    view_crc    [rows] uint32      CRC-32 of the view's decoded uint8 pixels [C, T, H, W], what the
+                                   teacher saw before normalization (stores of older builds lack it)
 
 and beside it, outside the Zarr hierarchy (zarr warns about foreign files inside one):
 
@@ -54,6 +56,7 @@ LEGACY_DONE_NAME = "done.json"  # where stores written before the record moved o
 STATUS_MISSING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 STATUS_NAMES = {STATUS_MISSING: "missing", STATUS_OK: "ok", STATUS_FAILED: "failed"}
 ROW_ARRAYS = ("key", "view_index", "view", "status", "reason", "stats", "checksum", "meta")
+OPTIONAL_ROW_ARRAYS = ("view_crc",)  # absent from stores written before it existed
 
 # unit roundoff of each storage dtype: the largest relative error of one stored value
 ROUNDOFF = {"float32": 0.0, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
@@ -78,11 +81,15 @@ def to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
     return x.to(torch.float16 if dtype == "float16" else torch.float32).numpy()
 
 
-def from_storage(a: np.ndarray, dtype: str) -> torch.Tensor:
-    """Stored representation -> float32 tensor of the same shape."""
+def from_storage(a: np.ndarray, dtype: str, upcast: bool = True) -> torch.Tensor:
+    """Stored representation -> float32 tensor of the same shape; with `upcast` False, a tensor
+    in the stored dtype itself (float16, bfloat16 or float32: what the loader ships)."""
     a = np.ascontiguousarray(a)
     if dtype == "bfloat16":
-        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16).float()
+        t = torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+        return t.float() if upcast else t
+    if not upcast:
+        return torch.from_numpy(a.copy())
     return torch.from_numpy(a.astype(np.float32))
 
 
@@ -247,6 +254,7 @@ class StoreWriter:
         self.stats = np.full((rows, 3), np.nan, dtype=np.float32)
         self.checksum = np.zeros(rows, dtype=np.uint32)
         self.meta = np.full(rows, "", dtype=object)
+        self.view_crc = np.zeros(rows, dtype=np.uint32)
         self._blocks: dict[int, np.ndarray] = {}
         self._filled: dict[int, int] = {}
         self._written: set[int] = set()
@@ -279,14 +287,17 @@ class StoreWriter:
         self.view[row] = json.dumps(view, separators=(",", ":")) if view else ""
         self.meta[row] = meta
 
-    def put_ok(self, row: int, key: str, view_index: int, view: dict, meta: str, out: torch.Tensor) -> None:
-        """Store the fp32 teacher output `out` [tokens, D] of one view."""
+    def put_ok(self, row: int, key: str, view_index: int, view: dict, meta: str, out: torch.Tensor,
+               crc: int = 0) -> None:
+        """Store the fp32 teacher output `out` [tokens, D] of one view; `crc`: `view_crc` of the
+        view's uint8 pixels."""
         if tuple(out.shape) != (self.tokens, self.dim):
             raise ValueError(f"row {row}: teacher output {tuple(out.shape)}, expected {(self.tokens, self.dim)}")
         stored = to_storage(out, self.dtype)
         self._record(row, key, view_index, view, meta)
         self.stats[row] = row_stats(out)
         self.checksum[row] = row_checksum(stored)
+        self.view_crc[row] = crc
         self._place(row, stored)
         self.status[row] = STATUS_OK
 
@@ -320,6 +331,7 @@ class StoreWriter:
         small("stats", self.stats, np.float32, fill=float("nan"))
         small("checksum", self.checksum, np.uint32, fill=0)
         small("meta", self.meta, str, fill="")
+        small("view_crc", self.view_crc, np.uint32, fill=0)
         self.group.attrs["status_names"] = {str(k): v for k, v in STATUS_NAMES.items()}
         files = store_files(self.tmp)
         ok = int((self.status == STATUS_OK).sum())

@@ -23,7 +23,7 @@ from salt_cache.cache.config import VerifyConfig
 from salt_cache.cache.header import CACHE_JSON, CacheHeader
 from salt_cache.cache.manifest import stray_entries
 from salt_cache.cache.store import (
-    ROW_ARRAYS, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, done_path, from_storage, open_group, read_done,
+    OPTIONAL_ROW_ARRAYS, ROW_ARRAYS, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, done_path, from_storage, open_group, read_done,
     row_checksum, stats_problem, store_digest, store_files, stored_dtype,
 )
 from salt_cache.errors import SaltCacheError
@@ -222,6 +222,9 @@ def _open_arrays(path: Path, done: dict, tokens: int, dim: int, dtype: str, P, n
         arrays = {"latents": lat}
         for a in ROW_ARRAYS:
             arrays[a] = np.asarray(g[a][...]) if a not in ("key", "view", "reason", "meta") else np.asarray(g[a][...], dtype=object)
+        for a in OPTIONAL_ROW_ARRAYS:
+            if a in g:
+                arrays[a] = np.asarray(g[a][...])
     except Exception as e:
         P(Problem(f"cannot open store arrays ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})", store=name))
         return None
@@ -372,7 +375,7 @@ def _check_teacher(header: CacheHeader, opened: dict, teacher: Path, sample: int
     rep.tolerance = {"max_relative_error": tol_rel, "min_cosine": tol_cos,
                      "basis": "autocast" if autocast else header.dtype}
     from salt_cache.shards import index_shard, read_member
-    from salt_cache.video import View, decode_view
+    from salt_cache.video import View, decode_view_uint8, normalize_clip, view_crc
 
     index_cache: dict[str, dict] = {}
     for i in picks:
@@ -396,7 +399,12 @@ def _check_teacher(header: CacheHeader, opened: dict, teacher: Path, sample: int
             continue
         try:
             view = View.from_dict(json.loads(a["view"][r]))
-            x = decode_view(read_member(Path(shard), tar.members[tar.video_ext]), view)
+            pixels = decode_view_uint8(read_member(Path(shard), tar.members[tar.video_ext]), view)
+            if "view_crc" in a and view_crc(pixels) != int(a["view_crc"][r]):
+                P(Problem(f"decoded view differs from the pixels the teacher saw (CRC {view_crc(pixels):08x}, built "
+                          f"{int(a['view_crc'][r]):08x}): repacked shards or another decoder build", store=name, row=r, key=key))
+                continue
+            x = normalize_clip(pixels, view.mean, view.std)
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 y = model(x[None].to(dev))[0].float().cpu()
             stored = from_storage(a["latents"][r], header.dtype)

@@ -1,9 +1,15 @@
 """Packing videos into webdataset tar shards (`salt-cache shards`).
 
 Each sample is `<key>.<ext>` (the original bytes, untouched) plus `<key>.json` (source path,
-label, frames, fps, height, width as probed with decord). Keys come from the relative path, so
-they are stable across runs and machines, and hold no dot, so they read back the same under
-webdataset's key rule (`salt_cache.shards.read`).
+label, frames, fps, height, width as probed with decord). Keys come from the path relative to
+the source folder or the manifest's folder (absolute manifest paths outside it: relative to
+their common folder), so the same data packed on another machine gets the same keys; they hold
+no dot, so they read back the same under webdataset's key rule (`salt_cache.shards.read`).
+
+Sources are packed in a seeded random order (the seed is in index.json): a sorted folder walk
+gives single-class shards, which a training shuffle buffer of a few hundred samples cannot mix.
+At most a small window of probes is in flight, and each result is dropped once written, so
+memory does not grow with the number of videos.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ import json
 import os
 import re
 import shutil
+from collections import deque
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 from salt_cache.config import path_field
 from salt_cache.errors import DecodeError, SaltCacheError
@@ -54,7 +63,8 @@ def list_sources(src: Path) -> list[Source]:
         files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
         return [Source(p, p.relative_to(src).as_posix()) for p in files]
     rows = _read_manifest(src)
-    out = []
+    home = src.parent.resolve()
+    out, outside = [], []
     for i, row in enumerate(rows, start=1):
         if not row.get("path"):
             raise SaltCacheError(f"{src}: row {i} has no 'path'")
@@ -65,8 +75,25 @@ def list_sources(src: Path) -> list[Source]:
             label = None
         elif isinstance(label, str) and re.fullmatch(r"-?\d+", label):
             label = int(label)
-        out.append(Source(full, p.as_posix().lstrip("/"), label))
+        rel = _relative(full, home)
+        if rel is None:
+            outside.append(len(out))
+        out.append(Source(full, rel or "", label))
+    if outside:
+        # absolute paths outside the manifest's folder: relative to their deepest common folder
+        resolved = [os.path.abspath(out[j].path) for j in outside]
+        base = os.path.commonpath([os.path.dirname(r) for r in resolved])
+        for j, r in zip(outside, resolved):
+            out[j].rel = Path(os.path.relpath(r, base)).as_posix()
     return out
+
+
+def _relative(path: Path, home: Path) -> str | None:
+    """`path` relative to folder `home` (posix), or None when it lies outside."""
+    try:
+        return Path(os.path.abspath(path)).relative_to(home).as_posix()
+    except ValueError:
+        return None
 
 
 def _read_manifest(path: Path) -> list[dict]:
@@ -109,24 +136,47 @@ def _probe_file(path: str) -> tuple[bytes, VideoInfo]:
     return data, probe_video(data, key=path)
 
 
-def _probe_all(sources: list[Source], workers: int, timeout: float) -> Iterator[tuple[Source, object]]:
+def _probe_all(sources: list[Source], workers: int, timeout: float,
+               window: int | None = None) -> Iterator[tuple[Source, object]]:
     """Yield (source, (bytes, info) or reason) in input order. Each probe runs in a separate
-    process with a time bound, so a decoder that hangs or crashes costs one file, not the run."""
+    process with a time bound, so a decoder that hangs or crashes costs one file, not the run.
+    At most `window` probes are scheduled ahead of the one being written, and a result is
+    dropped as soon as it is yielded: memory holds a few videos, not the dataset."""
     from pebble import ProcessPool
 
-    with ProcessPool(max_workers=max(1, workers)) as pool:
-        futures = [pool.schedule(_probe_file, args=(str(s.path),), timeout=timeout) for s in sources]
-        for s, fut in zip(sources, futures):
-            try:
-                yield s, fut.result()
-            except DecodeError as e:
-                yield s, e.reason
-            except FutureTimeout:
-                yield s, f"probe timed out after {timeout:.0f} s"
-            except OSError as e:
-                yield s, f"cannot read ({e.strerror or e})"
-            except Exception as e:  # a worker killed by a crashing decoder lands here
-                yield s, f"probe failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    workers = max(1, workers)
+    window = window or 4 * workers
+    with ProcessPool(max_workers=workers) as pool:
+        todo = iter(sources)
+        pending: deque = deque()
+
+        def top_up() -> None:
+            while len(pending) < window:
+                s = next(todo, None)
+                if s is None:
+                    return
+                pending.append((s, pool.schedule(_probe_file, args=(str(s.path),), timeout=timeout)))
+
+        top_up()
+        while pending:
+            s, fut = pending.popleft()
+            top_up()
+            yield s, _outcome(fut, timeout)
+            del fut  # a kept future would hold its video bytes until the end
+
+
+def _outcome(fut, timeout: float) -> object:
+    """A probe future -> (bytes, info), or the reason it failed."""
+    try:
+        return fut.result()
+    except DecodeError as e:
+        return e.reason
+    except FutureTimeout:
+        return f"probe timed out after {timeout:.0f} s"
+    except OSError as e:
+        return f"cannot read ({e.strerror or e})"
+    except Exception as e:  # a worker killed by a crashing decoder lands here
+        return f"probe failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
 
 
 @dataclass(frozen=True)
@@ -141,6 +191,8 @@ class ShardsConfig:
     workers: int = 2
     overwrite: bool = False
     timeout: float = PROBE_TIMEOUT_S
+    seed: int = 0
+    shuffle: bool = True
 
 
 def is_packed(out: Path) -> bool:
@@ -166,8 +218,11 @@ def write_shards(config: ShardsConfig, progress=None) -> PackSummary:
             raise SaltCacheError(f"{out}: folder is not empty (pass --overwrite to replace it)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    keys = make_keys([s.rel for s in sources])
+    keys = make_keys([s.rel for s in sources])  # from the sorted list: stable whatever the order
     key_of = {id(s): k for s, k in zip(sources, keys)}
+    if config.shuffle:
+        order = np.random.default_rng([config.seed, 0x5EED]).permutation(len(sources))
+        sources = [sources[i] for i in order]
     summary = PackSummary(out=out)
     writer, count, tmp = None, 0, None
 
@@ -205,6 +260,7 @@ def write_shards(config: ShardsConfig, progress=None) -> PackSummary:
     with open(out / REJECTED_NAME, "w") as f:
         for r in summary.rejected:
             f.write(json.dumps(r) + "\n")
-    index = {"shards": summary.shards, "samples": summary.packed, "rejected": len(summary.rejected)}
+    index = {"shards": summary.shards, "samples": summary.packed, "rejected": len(summary.rejected),
+             "order": {"shuffled": config.shuffle, "seed": config.seed} if config.shuffle else {"shuffled": False}}
     (out / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return summary

@@ -200,6 +200,51 @@ def read_samples(shards: list[Path]) -> Iterator[Sample]:
         raise SaltCacheError(f"{where}: unreadable shard ({reason})") from None
 
 
+def read_range(path: Path, start: int, stop: int, count: int | None = None) -> Iterator[Sample]:
+    """Samples `start` to `stop` (tar order, stop excluded) of one shard of `count` samples. A
+    whole shard streams through webdataset; a part of one is read by seeking to its members
+    (tar headers indexed first), so a split that owns the tail of a shard never reads its head."""
+    if start >= stop:
+        return
+    if start == 0 and count is not None and stop >= count:
+        yield from read_samples([Path(path)])
+        return
+    picked = index_shard(Path(path))[start:stop]
+    try:
+        with open(path, "rb") as f:
+            for s in picked:
+                fields = {"__key__": s.key}
+                for name, m in s.members.items():
+                    f.seek(m.offset)
+                    fields[name] = f.read(m.size)
+                    if len(fields[name]) != m.size:
+                        raise OSError(f"short read at offset {m.offset}")
+                yield to_sample(fields)
+    except OSError as e:
+        raise SaltCacheError(f"{path}: unreadable shard ({e})") from None
+
+
+def shard_sample_counts(shards: list[Path]) -> list[int]:
+    """Samples per shard, from each folder's index.json where it lists the shard (what
+    `salt-cache shards` writes), else from the shard's tar headers (no member data is read)."""
+    listed: dict[Path, dict[str, int]] = {}
+    out = []
+    for p in shards:
+        p = Path(p)
+        folder = p.parent
+        if folder not in listed:
+            listed[folder] = {}
+            try:
+                doc = json.loads((folder / INDEX_NAME).read_text())
+                listed[folder] = {str(s["name"]): int(s["samples"]) for s in doc.get("shards", [])
+                                  if isinstance(s, dict) and "samples" in s}
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                pass
+        n = listed[folder].get(p.name)
+        out.append(n if n is not None else len(index_shard(p)))
+    return out
+
+
 def iter_shard(path: Path) -> Iterator[tuple[str, bytes, dict]]:
     """(key, video bytes, record) for every sample of one shard, in tar order."""
     for s in read_samples([Path(path)]):

@@ -90,18 +90,31 @@ class DataConfig:
     """Shards (a folder, a brace pattern or a comma list) and the loader's knobs.
 
     shuffle_buffer: samples held per DataLoader worker before the per-sample stage; they hold
-    compressed video bytes only, so memory is about shuffle_buffer x mean video file size."""
+    compressed video bytes only, so memory is about shuffle_buffer x mean video file size.
+    loader_timeout_s: a DataLoader that yields no batch for this long stops the run with one
+    line (a hung decoder in one worker would otherwise hang every DDP rank); resume from the
+    last checkpoint. decode_timeout_s: each sample's decode gets this long, then it is skipped
+    and counted like a failed decode. max_damaged_rows: cache rows failing their checksum that
+    one rank skips (and counts) before it stops."""
 
     train: str | list[str] | None = None
     val: str | list[str] | None = None
     shuffle_buffer: int = 256
     val_batch_size: int = 8
+    loader_timeout_s: float = 600.0
+    decode_timeout_s: float = 60.0
+    max_damaged_rows: int = 100
 
     def __post_init__(self) -> None:
         if self.shuffle_buffer < 1:
             raise SaltCacheError(f"shuffle_buffer: expected >= 1, got {self.shuffle_buffer}")
         if self.val_batch_size < 1:
             raise SaltCacheError(f"val_batch_size: expected >= 1, got {self.val_batch_size}")
+        for name in ("loader_timeout_s", "decode_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SaltCacheError(f"{name}: expected > 0 seconds, got {getattr(self, name)}")
+        if self.max_damaged_rows < 0:
+            raise SaltCacheError(f"max_damaged_rows: expected >= 0, got {self.max_damaged_rows}")
 
 
 @dataclass
@@ -140,6 +153,9 @@ class TrainConfig:
     compile: bool = False
     log_every: int = 10
     ckpt_every: int = 1000
+    # step checkpoints kept: the newest, and those whose step is a multiple of this (0: all);
+    # last.pt is always kept. A ViT-L run state is ~4 GB: 200k steps every 5k is 160 GB unpruned
+    ckpt_keep_every: int = 0
     val_every: int = 500
     val_batches: int = 8
     # token rows behind val.csv's RankMe / effective-rank columns (computed on the encoder's
@@ -151,7 +167,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise SaltCacheError(f"{name}: expected >= 1, got {getattr(self, name)}")
-        for name in ("workers", "val_batches", "seed", "val_rank_rows"):
+        for name in ("workers", "val_batches", "seed", "val_rank_rows", "ckpt_keep_every"):
             if getattr(self, name) < 0:
                 raise SaltCacheError(f"{name}: expected >= 0, got {getattr(self, name)}")
         if not self.masks:
@@ -182,8 +198,8 @@ class TrainConfig:
 
 # Fields that may change when a run is resumed: they do not touch the training math or the data
 # stream (validation and checkpoints run in eval mode and draw no random numbers).
-RESUME_FREE = ("device", "compile", "log_every", "ckpt_every", "val_every", "val_batches", "val_rank_rows",
-               "data.val", "data.val_batch_size")
+RESUME_FREE = ("device", "compile", "log_every", "ckpt_every", "ckpt_keep_every", "val_every", "val_batches", "val_rank_rows",
+               "data.val", "data.val_batch_size", "data.loader_timeout_s", "data.max_damaged_rows")
 
 
 def load_run_config(cls: type, path: Path | None = None, flags: dict[str, Any] | None = None,

@@ -3,15 +3,18 @@
 Pipeline of one data *split* (one DataLoader worker of one rank), a pure function of
 (seed, split, number of splits):
 
-    shards --shuffle per epoch (seed, epoch), take shards[split::n_splits]
-           --read tar samples (webdataset)           Sample(key, video bytes, meta), no decode
+    shards --permute per epoch (seed, epoch), read as one sequence of samples, cut into n_splits
+             contiguous runs balanced by samples (sizes differ by at most one; `epoch_ranges`)
+           --read this split's run (webdataset)      Sample(key, video bytes, meta), no decode
            --shuffle buffer (seed, split, epoch)     holds compressed bytes only
            --skip what a resumed run already consumed (cheap: nothing is decoded)
            --per-sample stage (pluggable)            dict of tensors, or None to skip
            --batch + multi-block masks               seed = mask_seed(seed, split, batch index)
 
-`split = rank * workers + worker`, `n_splits = world_size * workers`: shards are split by node
-and by worker at once. Epochs never mix: the buffer drains at the end of an epoch and a batch may
+`split = rank * workers + worker`, `n_splits = world_size * workers`: samples are split by node
+and by worker at once, by sample counts (index.json, else the tar headers), so over one epoch
+the splits together take every sample exactly once, and with one global epoch: a split's epoch e
+is its run of the global epoch e, and no split runs ahead by more than one sample. Epochs never mix: the buffer drains at the end of an epoch and a batch may
 span two epochs. Because the streams depend on the split id only, 1 process x 2 workers x
 grad_accum 2 sees exactly the batches of 2 processes x 1 worker x grad_accum 1.
 
@@ -19,9 +22,10 @@ Per-sample stage (the plug-in point)
 ------------------------------------
     stage(sample: Sample, ctx: StageContext) -> dict | None
 
-`ctx.epoch` counts passes over this split's shards (0 in validation); `ctx.train` is False for
+`ctx.epoch` is the global epoch (0 in validation); `ctx.train` is False for
 validation, where the stage must be deterministic (fixed view). The returned dict must hold
-"clip": float32 [C, T, H, W] (normalized, as `decode_view` returns it) and may add any field:
+"clip": uint8 [C, T, H, W] (`decode_view_uint8`) and "norm": float32 [2, 3] (the view's mean
+and std), and may add any field:
 tensors are stacked along a new batch dimension, anything else is collected in a list. Return
 None to skip the sample (counted, reported in the batch as "skipped"). Stages are copied into
 every DataLoader worker: open files or stores lazily on first call, not in `__init__`.
@@ -30,12 +34,17 @@ decode at that row's view -> latents).
 
 Batch dict (what `TrainData.next()` and `ValSet.batch(i)` return)
 -----------------------------------------------------------------
-    "clip":     float32 [B, C, T, H, W]
+    "clip":     uint8 [B, C, T, H, W] from the loader; `on_device` moves the batch and makes it
+                float32, normalized with "norm" [B, 2, 3] by `normalize_clip`, the arithmetic the
+                teacher's input went through (the loader ships 1 byte per pixel, not 4)
     "keys":     list[str] of B clip keys
     "masks":    [(context_idx int64 [B, Nc], target_idx int64 [B, Nt]) per mask set]
-    "skipped":  int, samples the stage skipped while this batch was built
+    "skipped":  int, samples the stage skipped while this batch was built (failed or timed-out
+                decodes, damaged cache rows, clips without a cache row)
+    "damaged":  int, of those, cache rows that failed their checksum
     "position": {"split", "epoch", "consumed", "batches"} of the split after this batch
-    + every field the stage added, e.g. "view": list[dict], "latents": [B, N, D]
+    + every field the stage added, e.g. "view": list[dict], "latents": [B, N, D] in the cache's
+      stored dtype (float16 / bfloat16 / float32), upcast where they are used, on the device
 
 Exact resume: the trainer records, per split, the position carried by the last batch it
 consumed (batches prefetched but not consumed are simply produced again), plus how many batches
@@ -44,6 +53,9 @@ it consumed in all, which fixes the worker rotation of the DataLoader's round-ro
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,10 +65,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from salt_cache.errors import DecodeError, SaltCacheError
+from salt_cache.errors import DamagedRow, DecodeError, SaltCacheError
 from salt_cache.masks import MaskSet, mask_seed, multiblock_masks
-from salt_cache.shards.read import Sample, read_samples
-from salt_cache.video import ClipSpec, clip_info, decode_view, plan_view
+from salt_cache.shards.read import Sample, read_range, read_samples, shard_sample_counts
+from salt_cache.video import ClipSpec, clip_info, decode_view_uint8, normalize_clip, plan_view
 
 VAL_SPLIT = -1  # mask seeds of validation batches: mask_seed(seed, VAL_SPLIT, batch index)
 
@@ -87,17 +99,49 @@ class PlanAndDecode:
             info = clip_info(sample.meta, sample.video, sample.key)
             spec = self.clip if ctx.train else self.val_clip
             view = plan_view(sample.key, ctx.epoch if ctx.train else 0, self.seed, info, spec)
-            clip = decode_view(sample.video, view)
+            clip = decode_view_uint8(sample.video, view)
         except DecodeError:
             return None  # counted by the batcher; shards were probed, so this is rare
-        return {"clip": clip, "view": view.to_dict()}
+        return {"clip": clip, "norm": view_norm(view), "view": view.to_dict()}
+
+
+def view_norm(view) -> torch.Tensor:
+    """A view's normalization as float32 [2, 3] (mean; std), shipped beside its uint8 clip."""
+    return torch.tensor([list(view.mean), list(view.std)], dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- the per-split sample stream
 
-def epoch_shards(shards: list[Path], seed: int, epoch: int, split: int, n_splits: int) -> list[Path]:
-    order = np.random.default_rng([seed, epoch, 0x5A]).permutation(len(shards))
-    return [shards[i] for i in order[split::n_splits]]
+def split_sizes(total: int, n_splits: int, epoch: int) -> list[int]:
+    """Samples of each split in `epoch`: total // n_splits, and one more for total % n_splits of
+    them, the extra one rotating with the epoch (split s gets it when (s - epoch * r) mod n < r).
+    Every split's running total stays within one sample of total * epochs / n_splits, so the
+    splits' epochs stay aligned: one global epoch, whatever the counts."""
+    q, r = divmod(total, n_splits)
+    return [q + (1 if (s - epoch * r) % n_splits < r else 0) for s in range(n_splits)]
+
+
+def epoch_ranges(counts: list[int], seed: int, epoch: int, split: int, n_splits: int) -> list[tuple[int, int, int]]:
+    """This split's part of `epoch` as (shard index, first sample, end sample) in reading order.
+
+    The shards are permuted by (seed, epoch) and read as one sequence of samples; the sequence is
+    cut into `n_splits` contiguous runs by `split_sizes`, so the splits partition the epoch's
+    samples (each sample exactly once over all ranks and workers) and are balanced by samples,
+    not by shards: a split may start or end inside a shard."""
+    order = np.random.default_rng([seed, epoch, 0x5A]).permutation(len(counts))
+    sizes = split_sizes(int(sum(counts)), n_splits, epoch)
+    lo = sum(sizes[:split])
+    hi = lo + sizes[split]
+    out, pos = [], 0
+    for i in order.tolist():
+        n = int(counts[i])
+        a, b = max(lo, pos), min(hi, pos + n)
+        if a < b:
+            out.append((i, a - pos, b - pos))
+        pos += n
+        if pos >= hi:
+            break
+    return out
 
 
 def shuffle_buffer(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
@@ -114,13 +158,25 @@ def shuffle_buffer(items: Iterable, size: int, rng: np.random.Generator) -> Iter
         yield buf[i]
 
 
+def _read_ranges(shards: list[Path], counts: list[int], ranges) -> Iterator[Sample]:
+    for i, a, b in ranges:
+        yield from read_range(shards[i], a, b, counts[i])
+
+
 def split_samples(shards: list[Path], seed: int, split: int, n_splits: int, buffer: int,
-                  epoch: int = 0, consumed: int = 0) -> Iterator[tuple[int, int, Sample]]:
+                  epoch: int = 0, consumed: int = 0, counts: list[int] | None = None) -> Iterator[tuple[int, int, Sample]]:
     """(epoch, samples consumed in that epoch, sample), forever, starting after `consumed`
-    samples of `epoch`. The skipped samples are read but never decoded."""
+    samples of `epoch`. The skipped samples are read but never decoded. `counts`: samples per
+    shard (`shard_sample_counts`, looked up when not given)."""
+    counts = shard_sample_counts(shards) if counts is None else list(counts)
+    if len(counts) != len(shards):
+        raise ValueError(f"{len(counts)} sample counts for {len(shards)} shards")
+    if sum(counts) < n_splits:
+        raise SaltCacheError(f"{sum(counts)} train samples cannot feed {n_splits} data splits")
     while True:
         rng = np.random.default_rng([seed, split, epoch, 0xB0])
-        stream = shuffle_buffer(read_samples(epoch_shards(shards, seed, epoch, split, n_splits)), buffer, rng)
+        ranges = epoch_ranges(counts, seed, epoch, split, n_splits)
+        stream = shuffle_buffer(_read_ranges(shards, counts, ranges), buffer, rng)
         n = 0
         for n, sample in enumerate(stream, start=1):
             if n > consumed:
@@ -128,6 +184,27 @@ def split_samples(shards: list[Path], seed: int, split: int, n_splits: int, buff
         if n == 0:
             raise SaltCacheError(f"data split {split}: its shards hold no samples")
         epoch, consumed = epoch + 1, 0
+
+
+@contextlib.contextmanager
+def time_bound(seconds: float | None, key: str):
+    """Raise DecodeError(key, "timed out") in this block after `seconds` (SIGALRM; only in a
+    process's main thread, as in a DataLoader worker, else no bound). A decoder stuck inside C
+    code that never returns to Python is not interrupted: the DataLoader timeout is the backstop."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise DecodeError(key, f"decode timed out after {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def collate(items: list[dict]) -> dict:
@@ -144,9 +221,13 @@ class TrainStream(IterableDataset):
 
     def __init__(self, shards: list[Path], stage: SampleStage, batch_size: int, grid, mask_sets: tuple[MaskSet, ...],
                  seed: int, rank: int, world_size: int, workers: int, shuffle_buffer: int,
-                 positions: dict[int, dict] | None = None, rotation: int = 0):
+                 positions: dict[int, dict] | None = None, rotation: int = 0, counts: list[int] | None = None,
+                 decode_timeout_s: float | None = None):
         super().__init__()
+        self.decode_timeout_s = decode_timeout_s
         self.shards, self.stage, self.batch_size, self.grid = list(shards), stage, batch_size, tuple(grid)
+        # looked up once here, in the main process, not in every worker
+        self.counts = shard_sample_counts(self.shards) if counts is None else list(counts)
         self.mask_sets, self.seed, self.rank, self.world_size = tuple(mask_sets), seed, rank, world_size
         self.workers, self.buffer = max(1, workers), shuffle_buffer
         self.positions, self.rotation = dict(positions or {}), rotation
@@ -159,10 +240,16 @@ class TrainStream(IterableDataset):
 
     def batches(self, split: int, n_splits: int) -> Iterator[dict]:
         pos = {"epoch": 0, "consumed": 0, "batches": 0, **self.positions.get(split, {})}
-        items, keys, skipped, last_ok_epoch = [], [], 0, pos["epoch"]
+        items, keys, skipped, damaged, last_ok_epoch = [], [], 0, 0, pos["epoch"]
         for epoch, consumed, sample in split_samples(self.shards, self.seed, split, n_splits, self.buffer,
-                                                     pos["epoch"], pos["consumed"]):
-            out = self.stage(sample, StageContext(epoch=epoch, train=True))
+                                                     pos["epoch"], pos["consumed"], self.counts):
+            try:
+                with time_bound(self.decode_timeout_s, sample.key):
+                    out = self.stage(sample, StageContext(epoch=epoch, train=True))
+            except DecodeError:
+                out = None  # a decode past its time bound, or raised outside the stage's own catch
+            except DamagedRow:
+                out, damaged = None, damaged + 1  # a cache row failing its checksum: skip, count
             if out is None:
                 skipped += 1
                 if epoch > last_ok_epoch + 1:
@@ -179,9 +266,10 @@ class TrainStream(IterableDataset):
                                               seed=mask_seed(self.seed, split, pos["batches"]))
             pos = {"epoch": epoch, "consumed": consumed, "batches": pos["batches"] + 1}
             batch["skipped"] = skipped
+            batch["damaged"] = damaged
             batch["position"] = {"split": split, **pos}
             yield batch
-            items, keys, skipped = [], [], 0
+            items, keys, skipped, damaged = [], [], 0, 0
 
 
 def check_splits(n_shards: int, world_size: int, workers: int) -> None:
@@ -201,18 +289,22 @@ class TrainData:
 
     def __init__(self, shards: list[Path], stage: SampleStage, *, batch_size: int, grid, mask_sets, seed: int,
                  rank: int, world_size: int, workers: int, shuffle_buffer: int, pin_memory: bool = False,
-                 state: dict | None = None):
+                 state: dict | None = None, timeout_s: float = 0.0, decode_timeout_s: float | None = None,
+                 max_damaged: int | None = None):
         check_splits(len(shards), world_size, workers)
+        self.timeout_s, self.max_damaged = (timeout_s if workers else 0.0), max_damaged
+        self.damaged = int((state or {}).get("damaged", 0))
         state = state or {}
         self.workers = workers
         self.consumed_batches = int(state.get("consumed_batches", 0))
         self.positions = {int(k): dict(v) for k, v in state.get("splits", {}).items()}
         stream = TrainStream(shards, stage, batch_size, grid, mask_sets, seed, rank, world_size, workers,
                              shuffle_buffer, positions=self.positions,
-                             rotation=self.consumed_batches % max(1, workers))
-        # own generator: creating the loader must not draw from the global torch RNG (exact resume)
+                             rotation=self.consumed_batches % max(1, workers), decode_timeout_s=decode_timeout_s)
+        # own generator: creating the loader must not draw from the global torch RNG (exact resume);
+        # a timeout, so that one hung worker cannot hang every rank
         self.loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                                 generator=torch.Generator())
+                                 generator=torch.Generator(), timeout=self.timeout_s)
         self._it = iter(self.loader)
         self.wait_s = 0.0
         self.skipped = 0
@@ -223,7 +315,16 @@ class TrainData:
             batch = next(self._it)
         except SaltCacheError as e:
             raise SaltCacheError(worker_error_line(str(e))) from None
+        except RuntimeError as e:
+            if "timed out" not in str(e):
+                raise
+            raise SaltCacheError(f"data.loader_timeout_s: the DataLoader produced no batch for {self.timeout_s:g} s "
+                                 f"(a hung decoder?); resume the run from its last checkpoint") from None
         self.wait_s += time.perf_counter() - t0
+        self.damaged += int(batch.get("damaged", 0))
+        if self.max_damaged is not None and self.damaged > self.max_damaged:
+            raise SaltCacheError(f"data.max_damaged_rows: {self.damaged} cache rows failed their checksum on this "
+                                 f"rank (limit {self.max_damaged}); run salt-cache verify on the cache")
         self.consumed_batches += 1
         p = batch["position"]
         self.positions[int(p["split"])] = {k: int(p[k]) for k in ("epoch", "consumed", "batches")}
@@ -238,7 +339,7 @@ class TrainData:
 
     def state(self) -> dict:
         """Plain record of this rank's data position (stored per rank in run checkpoints)."""
-        return {"workers": self.workers, "consumed_batches": self.consumed_batches,
+        return {"workers": self.workers, "consumed_batches": self.consumed_batches, "damaged": self.damaged,
                 "splits": {str(k): dict(v) for k, v in sorted(self.positions.items())}}
 
     def close(self) -> None:
@@ -292,6 +393,15 @@ class ValSet:
         batch["masks"] = multiblock_masks(len(pairs), self.grid, self.mask_sets, seed=mask_seed(self.seed, VAL_SPLIT, i))
         batch["skipped"] = len(chunk) - len(pairs)
         return batch
+
+
+def on_device(batch: dict, device: torch.device, non_blocking: bool = False) -> dict:
+    """A loader batch on `device`, its uint8 clip normalized there to float32 (`normalize_clip`)."""
+    batch = to_device(batch, device, non_blocking)
+    if batch["clip"].dtype == torch.uint8:
+        norm = batch["norm"]
+        batch["clip"] = normalize_clip(batch["clip"], norm[:, 0], norm[:, 1])
+    return batch
 
 
 def to_device(obj, device: torch.device, non_blocking: bool = False):

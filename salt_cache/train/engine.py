@@ -38,7 +38,7 @@ import torch.nn as nn
 
 from salt_cache.errors import SaltCacheError
 from salt_cache import dist
-from salt_cache.train.data import ValSet, to_device
+from salt_cache.train.data import ValSet, on_device
 from salt_cache.train.optim import clip_gradients
 
 
@@ -113,7 +113,7 @@ def evaluate(model: nn.Module, val: ValSet, env: dist.DistEnv, bf16: bool, rank_
         if batch is None:
             continue
         n = len(batch["keys"])
-        batch = to_device(batch, env.device)
+        batch = on_device(batch, env.device)
         with autocast(env.device, bf16):
             loss, per_set = model(batch)
             if sample is not None:
@@ -246,7 +246,9 @@ def make_loaders(config, samples, inputs: Inputs, env: dist.DistEnv, run, missin
     data = TrainData(inputs.shards, samples, batch_size=inputs.per_rank, grid=config.grid,
                      mask_sets=tuple(config.masks), seed=config.seed, rank=env.rank, world_size=env.world_size,
                      workers=inputs.workers, shuffle_buffer=config.data.shuffle_buffer,
-                     pin_memory=env.device.type == "cuda", state=run.data_state())
+                     pin_memory=env.device.type == "cuda", state=run.data_state(),
+                     timeout_s=config.data.loader_timeout_s, decode_timeout_s=config.data.decode_timeout_s,
+                     max_damaged=config.data.max_damaged_rows)
     val = None
     if inputs.val_shards and config.val_batches:
         val = ValSet(inputs.val_shards, samples, config.data.val_batch_size, config.val_batches, config.grid,
@@ -311,7 +313,7 @@ def fit(stage: Stage, run, stop_at: int | None = None, show_progress: bool = Tru
 
     def fetch() -> dict:
         nonlocal last_batch
-        last_batch = to_device(data.next(), env.device, non_blocking=True)
+        last_batch = on_device(data.next(), env.device, non_blocking=True)
         return last_batch
 
     bar = progress("steps") if env.is_main and show_progress else None

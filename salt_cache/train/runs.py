@@ -7,7 +7,8 @@ RUN/
   val.csv                      step, val_loss, val_loss_<set> every val_every steps, and RankMe /
                                effective rank of the trained encoder's val tokens (rankme_token,
                                rankme_clip, erank_token, erank_clip; `engine.evaluate`)
-  checkpoints/step-NNNNNNN.pt  run state every ckpt_every steps (and at the end / at --stop-at)
+  checkpoints/step-NNNNNNN.pt  run state every ckpt_every steps (and at the end / at --stop-at); with
+                               ckpt_keep_every N only the newest and those at multiples of N stay
   checkpoints/last.pt          the newest run state
   summary.json                 the stage's summary when a session ends
   <export>.pt                  the encoder a finished run hands on (teacher.pt, student.pt, online.pt)
@@ -254,7 +255,20 @@ class Run:
         path = self.folder.checkpoint(step)
         atomic_save(state, path)
         atomic_save(state, self.folder.last)
+        self.prune(step)
         return path
+
+    def prune(self, newest: int) -> list[int]:
+        """Delete step checkpoints other than `newest` whose step is not a multiple of
+        config.ckpt_keep_every (nothing when it is 0); returns the steps deleted."""
+        keep = int(getattr(self.config, "ckpt_keep_every", 0) or 0)
+        gone = []
+        if keep:
+            for s, p in self.folder.step_checkpoints():
+                if s != newest and s % keep:
+                    p.unlink(missing_ok=True)
+                    gone.append(s)
+        return gone
 
 
 def _cpu(obj):

@@ -41,11 +41,11 @@ from salt_cache.models import Predictor, VideoViT
 from salt_cache.shards import shard_keys
 from salt_cache import dist
 from salt_cache.train.config import HeadConfig, TrainConfig, plain
-from salt_cache.train.data import PlanAndDecode, Sample, StageContext
+from salt_cache.train.data import PlanAndDecode, Sample, StageContext, view_norm
 from salt_cache.train.engine import Interval, Stage, check_inputs, check_memory, fit, make_loaders, val_columns
 from salt_cache.train.optim import make_optimizer
 from salt_cache.train.runs import Run, print_run_summary
-from salt_cache.video import decode_view, view_rng
+from salt_cache.video import decode_view_uint8, view_crc, view_rng
 
 STAGE = "student"
 EXPORT = "student"  # a finished run hands on RUN/student.pt (and RUN/online.pt with --ema)
@@ -166,9 +166,14 @@ def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
 
 class CacheJoin:
     """Stage 2's sample stage: rows of the clip's key -> one stored view (a new pick per epoch,
-    seeded by (seed, epoch, key); view 0 in validation) -> the clip decoded at that view, and the
-    row's latents unless `latents` is False (online oracle). Clips with no ok row are skipped
-    (the batcher counts them)."""
+    seeded by (seed, epoch, key); view 0 in validation) -> the clip decoded at that view, as
+    uint8 pixels with the view's normalization, and the row's latents in their stored dtype
+    unless `latents` is False (online oracle). Clips with no ok row are skipped (the batcher
+    counts them).
+
+    Every decoded view's CRC is compared with the one the build recorded (stores that have it):
+    repacked shards or another FFmpeg build that decodes other pixels stop the run, naming the
+    clip, instead of silently training on inputs the teacher never saw."""
 
     def __init__(self, cache: Path, seed: int, latents: bool = True):
         from salt_cache.cache import CacheReader
@@ -184,13 +189,20 @@ class CacheJoin:
             ref = rows[int(view_rng(sample.key, ctx.epoch, self.seed).integers(len(rows)))]
         else:
             ref = min(rows, key=lambda r: r.view_index)
+        view = self.reader.view(ref)
         try:
-            clip = decode_view(sample.video, self.reader.view(ref))
+            clip = decode_view_uint8(sample.video, view)
         except DecodeError:
             return None
-        out = {"clip": clip, "view_index": ref.view_index}
+        want = self.reader.view_crc(ref)
+        if want is not None and view_crc(clip) != want:
+            raise SaltCacheError(
+                f"{sample.key}: the decoded view (store {ref.store} row {ref.row}) differs from the pixels the teacher "
+                f"saw (CRC {view_crc(clip):08x}, built {want:08x}): repacked shards or another FFmpeg / decord build; "
+                f"train on the shards the cache was built from, with the same decoder")
+        out = {"clip": clip, "norm": view_norm(view), "view_index": ref.view_index}
         if self.latents:
-            out["latents"] = self.reader.read(ref)
+            out["latents"] = self.reader.read(ref, upcast=False)
         return out
 
 
@@ -201,10 +213,47 @@ CACHE_FIELDS = {"patch_size": "model.patch_size", "tubelet_size": "model.tubelet
                 "frames": "clip.frames", "size": "clip.size"}
 
 
-def check_cache(config: StudentConfig, shards: list[Path], val_shards: list[Path] | None) -> dict:
-    """Refuse a cache that fails its quick checks, does not fit the student's token geometry, or
-    lacks clips of the given shards. Returns the fingerprint summary stored with checkpoints."""
+def check_cache(config: StudentConfig, shards: list[Path], val_shards: list[Path] | None,
+                env: dist.DistEnv | None = None) -> dict:
+    """Refuse a cache that fails its quick checks, was built from other shard files than the
+    ones given, does not fit the student's token geometry, or lacks clips of the given shards.
+    Returns the fingerprint summary stored with checkpoints.
+
+    The checks run once, on rank 0 (they read every store's record and every shard's tar
+    headers), which also writes the cache's key index if it is missing; the verdict is broadcast,
+    so every rank refuses alike."""
+    verdict = None
+    if env is None or env.is_main:
+        try:
+            verdict = {"ok": _check_cache(config, shards, val_shards)}
+        except SaltCacheError as e:
+            verdict = {"error": str(e)}
+    if env is not None:
+        verdict = dist.broadcast_object(verdict, env)
+    if "error" in verdict:
+        raise SaltCacheError(verdict["error"])
+    return verdict["ok"]
+
+
+def shard_difference(header, shards: list[Path]) -> str | None:
+    """The first given shard whose file name and size do not match a shard the cache was built
+    from (repacked or other data gives other clips than the teacher saw), or None."""
+    built: dict[str, set[int]] = {}
+    for s in header.shards:
+        built.setdefault(s.name, set()).add(s.bytes)
+    for p in shards:
+        size = Path(p).stat().st_size
+        if p.name not in built:
+            return f"shard {p} is not one the cache was built from (its data lists {len(header.shards)} shards, e.g. {header.shards[0].name})"
+        if size not in built[p.name]:
+            want = " or ".join(str(b) for b in sorted(built[p.name]))
+            return f"shard {p} has {size} bytes, the cache was built from {p.name} of {want} bytes (repacked or changed data)"
+    return None
+
+
+def _check_cache(config: StudentConfig, shards: list[Path], val_shards: list[Path] | None) -> dict:
     from salt_cache.cache import CacheReader, verify_cache
+    from salt_cache.cache.index import ensure_index
 
     cache = Path(config.cache)
     problems = verify_cache(cache, digest=False, rows=False)
@@ -214,13 +263,17 @@ def check_cache(config: StudentConfig, shards: list[Path], val_shards: list[Path
     reader = CacheReader(cache)
     reader.header.require(cache, who="the student config", labels=CACHE_FIELDS, patch_size=config.model.patch_size,
                           tubelet_size=config.model.tubelet_size, frames=config.clip.frames, size=config.clip.size)
-    have_keys = set(reader.keys())
+    ensure_index(cache, reader.header)
     for label, group in (("train", shards), ("val", val_shards or [])):
         for shard in group:
-            missing = [k for k in shard_keys(shard) if k not in have_keys and not reader.has_key(k)]
+            missing = [k for k in shard_keys(shard) if not reader.has_key(k)]
             if missing:
                 raise SaltCacheError(f"{cache}: has no rows for {len(missing)} clip(s) of {label} shard {shard} "
                                      f"(first: {missing[0]}); build the cache over these shards")
+    # the same keys in other shard files (repacked, re-encoded) can hold other clips
+    diff = shard_difference(reader.header, list(shards) + list(val_shards or []))
+    if diff:
+        raise SaltCacheError(f"{cache}: {diff}")
     h = reader.header
     return {"path": str(cache.resolve()), "teacher_sha256": h.teacher.sha256, "spec": h.spec.name,
             "grid": list(reader.grid), "teacher_dim": reader.teacher_dim, "dtype": reader.dtype,
@@ -253,7 +306,7 @@ def _targets_source(config: StudentConfig, shards, val_shards, env) -> tuple[dic
     if config.cache is None and config.online_teacher is None:
         raise SaltCacheError("cache: give --cache CACHE (or --online-teacher CKPT for the online baseline, "
                              "or --ema for the V-JEPA baseline)")
-    fingerprint = check_cache(config, shards, val_shards) if config.cache is not None else {}
+    fingerprint = check_cache(config, shards, val_shards, env) if config.cache is not None else {}
     if config.online_teacher is None:
         return fingerprint, fingerprint["teacher_dim"], None
     teacher, _ = load_encoder(Path(config.online_teacher), env.device)

@@ -27,7 +27,7 @@ from salt_cache.console import write_json
 from salt_cache.models import Predictor, VideoViT
 from salt_cache import dist
 from salt_cache.train.config import HeadConfig, TrainConfig, plain
-from salt_cache.train.data import PlanAndDecode, to_device
+from salt_cache.train.data import PlanAndDecode, on_device
 from salt_cache.train.engine import Interval, Stage, check_inputs, check_memory, fit, make_loaders, val_columns
 from salt_cache.train.optim import make_optimizer
 from salt_cache.train.runs import Run, print_run_summary
@@ -211,7 +211,7 @@ def _train(config: TeacherConfig, out: Path, resume: bool, stop_at: int | None, 
     def picture(step: int, last_batch: dict | None) -> None:
         pic = val.batch(0) if val is not None else last_batch
         if pic is not None:
-            save_picture(model, to_device(pic, env.device), run.folder.picture(step), step)
+            save_picture(model, on_device(pic, env.device), run.folder.picture(step), step)
 
     stage = Stage(title="V-Pixel", config=config, model=model, net=net, modules=modules, optimizer=optimizer,
                   data=data, val=val, interval=interval, model_configs={"decoder": model.decoder.config},
