@@ -16,7 +16,7 @@ from salt_cache.errors import SaltCacheError
 from salt_cache.video import ClipSpec
 
 # blosc's clevel is 0..9; zstd's own levels run 1..22 (negative "fast" levels are not offered)
-LEVEL_RANGE = {"blosc-zstd": (0, 9), "zstd": (1, 22), "none": (0, 22)}
+LEVEL_RANGE = {"blosc-zstd": (0, 9), "blosc-lz4": (0, 9), "zstd": (1, 22), "none": (0, 22)}
 
 
 def specs_dir() -> Path | None:
@@ -30,12 +30,14 @@ def specs_dir() -> Path | None:
 @dataclass(frozen=True)
 class StorageSpec:
     """How latents are stored. dtype: float16 (default), bfloat16 (kept as uint16 bits), float32;
-    codec: blosc-zstd (Blosc with zstd and byte shuffle), zstd, or none; level: compression
-    level; rows_per_shard: rows per Zarr shard file (each shard is written whole, in one call)."""
+    codec: blosc-zstd (Blosc with zstd), blosc-lz4, zstd, or none; level: compression level;
+    shuffle: the Blosc filter, byte (default), bit or none; rows_per_shard: rows per Zarr shard
+    file (each shard is written whole, in one call). `benchmarks/codecs.py` measures the choices."""
 
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    codec: Literal["blosc-zstd", "zstd", "none"] = "blosc-zstd"
+    codec: Literal["blosc-zstd", "blosc-lz4", "zstd", "none"] = "blosc-zstd"
     level: int = 3
+    shuffle: Literal["byte", "bit", "none"] = "byte"
     rows_per_shard: int = 64
 
     def __post_init__(self) -> None:
@@ -47,10 +49,30 @@ class StorageSpec:
 
 
 @dataclass(frozen=True)
+class StudentViewsSpec:
+    """Student-ready views (`salt_cache.cache.frames`): format none (default: Stage 2 decodes each
+    view from its source video), jpeg (one JPEG per frame at `quality`) or raw (lossless uint8,
+    Blosc-lz4). With jpeg or raw, the build stores every view's frames as the student consumes
+    them, the teacher encodes exactly those, and Stage 2 reads them instead of the source."""
+
+    format: Literal["none", "jpeg", "raw"] = "none"
+    quality: int = 90
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.quality <= 100:
+            raise SaltCacheError(f"quality: expected 1..100, got {self.quality}")
+
+    @property
+    def stored(self) -> bool:
+        return self.format != "none"
+
+
+@dataclass(frozen=True)
 class CacheSpec:
     """A named cache recipe: the clip sampling (frames, step or fps, size, crop policy and
     ranges), views per clip, the view-planning seed, the tokenization the teacher must use
-    (patch and tubelet size) and the storage.
+    (patch and tubelet size), the storage of latents and whether each view's frames are stored
+    (`student_views`).
 
     `grid` is the token grid (T', H', W') = (frames / tubelet, size / patch, size / patch);
     `tokens` is its product. Tokens are ordered (t, h, w) row-major."""
@@ -62,6 +84,7 @@ class CacheSpec:
     patch_size: int = 16
     tubelet_size: int = 2
     storage: StorageSpec = field(default_factory=StorageSpec)
+    student_views: StudentViewsSpec = field(default_factory=StudentViewsSpec)
 
     def __post_init__(self) -> None:
         problems = []

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from salt_cache.cache.chunks import ChunkError, ChunkReader, UnsupportedLayout
 from salt_cache.cache.header import CacheHeader
-from salt_cache.cache.store import STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage, open_group
+from salt_cache.cache.store import STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage, open_group, stored_to_tensor
 from salt_cache.errors import SaltCacheError
 from salt_cache.spec import CacheSpec
 from salt_cache.video import View
@@ -43,7 +44,12 @@ class CacheReader:
 
     header: the cache.json record (`CacheHeader`); teacher_dim, grid (T', H', W'), tokens, spec; keys()
     (clips with >= 1 ok row, sorted), rows(key) -> [RowRef] (ok rows), view(ref) -> View,
-    read(ref) -> float32 [tokens, D], meta(key) -> the clip's shard-sample dict, counts()."""
+    read(ref) -> float32 [tokens, D], read_stored(ref) -> the row in its stored dtype,
+    meta(key) -> the clip's shard-sample dict, counts().
+
+    Latent rows are read by byte range from the Zarr shard index and decoded in this process
+    (`cache.chunks.ChunkReader`: crc32c checked, 3-5x zarr's own read of one row); a store laid
+    out otherwise is read through zarr."""
 
     def __init__(self, cache_dir: Path | str):
         self.root = Path(cache_dir)
@@ -96,6 +102,16 @@ class CacheReader:
                 g = self._groups[store] = {"group": grp, "latents": grp["latents"]}
             except Exception as e:
                 raise SaltCacheError(f"{path}: cannot open store ({type(e).__name__}: {str(e)[:120]})") from None
+            try:
+                g["chunks"] = ChunkReader(path / "latents")
+            except UnsupportedLayout:
+                g["chunks"] = None  # not our layout (a foreign or future codec): zarr reads it
+            if self.has_frames:
+                try:
+                    g["frames"] = ChunkReader(path / "frames")
+                    g["frames_checksum"] = np.asarray(grp["frames_checksum"][...])
+                except (UnsupportedLayout, KeyError) as e:
+                    raise SaltCacheError(f"{path}: student-ready views are missing or unreadable ({e})") from None
         return g
 
     def _string_array(self, store: str, name: str) -> np.ndarray:
@@ -177,18 +193,60 @@ class CacheReader:
             raise SaltCacheError(f"{ref.store} row {ref.row}: no view recorded (status {self.status(ref)})")
         return View.from_dict(json.loads(raw))
 
-    def read(self, ref: RowRef) -> torch.Tensor:
-        """Latents of one row -> float32 [tokens, D] (one chunk read). Refuses a row whose status
-        is not ok: unwritten chunks read back as zeros without any error."""
+    def _require_ok(self, ref: RowRef) -> None:
         s = self.status(ref)
         if s != "ok":
             key = self._string_array(ref.store, "key")[ref.row]
             raise SaltCacheError(f"{ref.store} row {ref.row} ({key}): status {s}, not ok")
+
+    def read_array(self, ref: RowRef) -> np.ndarray:
+        """The row's stored values as numpy, exactly as stored ([tokens, D]; float16, float32,
+        or uint16 bfloat16 bits). Refuses a row whose status is not ok: unwritten chunks read
+        back as zeros without any error."""
+        self._require_ok(ref)
+        g = self._group(ref.store)
         try:
-            a = self._group(ref.store)["latents"][ref.row]
-        except Exception as e:  # a damaged chunk fails its crc32c
+            if g["chunks"] is not None:
+                return g["chunks"].read(ref.row)
+            return g["latents"][ref.row]
+        except (ChunkError, OSError, ValueError, RuntimeError) as e:  # a damaged chunk fails its crc32c
             raise SaltCacheError(f"{ref.store} row {ref.row}: unreadable latents ({type(e).__name__}: {str(e)[:120]})") from None
-        return from_storage(a, self.dtype)
+
+    @property
+    def has_frames(self) -> bool:
+        """The cache stores student-ready views (`frames(ref)`): Stage 2 need not decode the source."""
+        return self.spec.student_views.stored
+
+    def frames(self, ref: RowRef) -> torch.Tensor:
+        """The row's student-ready view: uint8 [T, S, S, 3], exactly the pixels its teacher
+        encoded (their CRC-32C is checked on every read). Normalize with
+        `video.normalize_frames(frames, view.mean, view.std)`, in a worker or on the device."""
+        from salt_cache.cache.frames import decode_frames, frames_digest
+
+        if not self.has_frames:
+            raise SaltCacheError(f"{self.root}: this cache stores no student-ready views (spec student_views.format is none)")
+        self._require_ok(ref)
+        g = self._group(ref.store)
+        try:
+            items = g["frames"].read(ref.row)
+        except (ChunkError, OSError, ValueError) as e:
+            raise SaltCacheError(f"{ref.store} row {ref.row}: unreadable stored frames ({type(e).__name__}: {str(e)[:120]})") from None
+        sv = self.spec.student_views
+        frames = decode_frames(items, sv.format, self.spec.clip.size)
+        if frames_digest(frames) != int(g["frames_checksum"][ref.row]):
+            raise SaltCacheError(f"{ref.store} row {ref.row}: stored frames decode to other pixels than the teacher encoded "
+                                 f"(checksum mismatch: a different {sv.format} decoder than the build's?)")
+        return frames
+
+    def read(self, ref: RowRef) -> torch.Tensor:
+        """Latents of one row -> float32 [tokens, D] (one chunk read)."""
+        return from_storage(self.read_array(ref), self.dtype)
+
+    def read_stored(self, ref: RowRef) -> torch.Tensor:
+        """Latents of one row in their stored dtype, [tokens, D]: float16, float32 or bfloat16
+        (no copy beyond the decode). What a DataLoader worker should ship: half the bytes of
+        float32, upcast on the device (`.float()`)."""
+        return stored_to_tensor(self.read_array(ref), self.dtype)
 
     def read_key(self, key: str, view_index: int | None = None) -> tuple[RowRef, torch.Tensor]:
         """Convenience: the row of `key` with `view_index` (default: its first ok row) and its latents."""

@@ -14,6 +14,14 @@ Layout of `CACHE/stores/<NNNNNN>-<shard stem>.zarr` (a Zarr group):
     checksum    [rows] uint32      CRC-32 of the row's stored bytes (little-endian)
     meta        [rows] string      the clip's shard-sample JSON (source, label, frames, ...)
 
+and, when the spec stores student-ready views (`student_views.format` jpeg or raw, see
+`salt_cache.cache.frames`):
+
+    frames          [rows, T] bytes   one encoded frame per item, sharded like the latents (one
+                                      row per chunk, crc32c per chunk; raw frames Blosc-lz4)
+    frames_checksum [rows] uint32     CRC-32C of the row's decoded uint8 frames [T, S, S, 3]:
+                                      what the teacher encoded
+
 and beside it, outside the Zarr hierarchy (zarr warns about foreign files inside one):
 
 `CACHE/stores/<NNNNNN>-<shard stem>.done.json`: the done record: rows, counts, files and sizes,
@@ -41,7 +49,7 @@ import numpy as np
 import torch
 
 from salt_cache.errors import SaltCacheError
-from salt_cache.spec import StorageSpec
+from salt_cache.spec import StorageSpec, StudentViewsSpec
 
 STORE_FORMAT = "salt-cache/store"
 STORE_VERSION = 1
@@ -54,6 +62,7 @@ LEGACY_DONE_NAME = "done.json"  # where stores written before the record moved o
 STATUS_MISSING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 STATUS_NAMES = {STATUS_MISSING: "missing", STATUS_OK: "ok", STATUS_FAILED: "failed"}
 ROW_ARRAYS = ("key", "view_index", "view", "status", "reason", "stats", "checksum", "meta")
+FRAME_ARRAYS = ("frames", "frames_checksum")  # only in stores with student-ready views
 
 # unit roundoff of each storage dtype: the largest relative error of one stored value
 ROUNDOFF = {"float32": 0.0, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
@@ -86,6 +95,17 @@ def from_storage(a: np.ndarray, dtype: str) -> torch.Tensor:
     return torch.from_numpy(a.astype(np.float32))
 
 
+def stored_to_tensor(a: np.ndarray, dtype: str) -> torch.Tensor:
+    """Stored representation -> tensor in the stored dtype (bfloat16 bits viewed as bfloat16),
+    sharing memory with `a` when it is writable and contiguous."""
+    a = np.ascontiguousarray(a)
+    if not a.flags.writeable:
+        a = a.copy()
+    if dtype == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
 def row_checksum(stored_row: np.ndarray) -> int:
     """CRC-32 of one row's stored bytes, little-endian."""
     a = np.ascontiguousarray(stored_row)
@@ -113,13 +133,17 @@ def stats_problem(recorded, values: torch.Tensor, dtype: str) -> str | None:
     return None
 
 
+BLOSC_SHUFFLE = {"byte": "shuffle", "bit": "bitshuffle", "none": "noshuffle"}  # spec name -> zarr's
+
+
 def compressors(storage: StorageSpec, itemsize: int) -> list:
     """Bytes-to-bytes codecs of one latent chunk: the compressor, then a CRC-32C so that a damaged
     chunk raises on read instead of decoding to plausible numbers."""
     from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-    if storage.codec == "blosc-zstd":
-        first = [BloscCodec(cname="zstd", clevel=storage.level, shuffle="shuffle", typesize=itemsize)]
+    if storage.codec.startswith("blosc-"):
+        first = [BloscCodec(cname=storage.codec.removeprefix("blosc-"), clevel=storage.level,
+                            shuffle=BLOSC_SHUFFLE[storage.shuffle], typesize=itemsize)]
     elif storage.codec == "zstd":
         first = [ZstdCodec(level=storage.level)]
     else:
@@ -130,8 +154,9 @@ def compressors(storage: StorageSpec, itemsize: int) -> list:
 def codecs_description(storage: StorageSpec) -> list[dict]:
     """The latent array's codec chain as plain data, for the fingerprint."""
     chain = [{"name": "bytes", "endian": "little"}]
-    if storage.codec == "blosc-zstd":
-        chain.append({"name": "blosc", "cname": "zstd", "clevel": storage.level, "shuffle": "shuffle"})
+    if storage.codec.startswith("blosc-"):
+        chain.append({"name": "blosc", "cname": storage.codec.removeprefix("blosc-"), "clevel": storage.level,
+                      "shuffle": BLOSC_SHUFFLE[storage.shuffle]})
     elif storage.codec == "zstd":
         chain.append({"name": "zstd", "level": storage.level})
     chain.append({"name": "crc32c"})
@@ -218,7 +243,8 @@ class StoreWriter:
     Rows may arrive in any order (`put_ok` / `put_failed`); each Zarr shard is written in one call
     as soon as all of its rows are in, so memory holds at most the open shards."""
 
-    def __init__(self, final: Path, rows: int, tokens: int, dim: int, storage: StorageSpec, attrs: dict):
+    def __init__(self, final: Path, rows: int, tokens: int, dim: int, storage: StorageSpec, attrs: dict,
+                 student_views: StudentViewsSpec | None = None, frames: int = 0):
         import zarr
 
         self.final = Path(final)
@@ -239,6 +265,12 @@ class StoreWriter:
             attributes={"dtype": self.dtype, "token_order": "t,h,w",
                         **({"bits": "uint16 holding bfloat16 bit patterns"} if self.dtype == "bfloat16" else {})},
         )
+        self.views = student_views if student_views is not None and student_views.stored else None
+        self.frames = None
+        if self.views is not None:
+            self.frames = _create_frames_array(self.group, rows, frames, self.per_shard, self.views)
+            self.frames_checksum = np.zeros(rows, dtype=np.uint32)
+            self._frame_blocks: dict[int, np.ndarray] = {}
         self.key = np.full(rows, "", dtype=object)
         self.view_index = np.full(rows, -1, dtype=np.int32)
         self.view = np.full(rows, "", dtype=object)
@@ -255,7 +287,7 @@ class StoreWriter:
     def _shard_bounds(self, s: int) -> tuple[int, int]:
         return s * self.per_shard, min((s + 1) * self.per_shard, self.rows)
 
-    def _place(self, row: int, stored: np.ndarray | None) -> None:
+    def _place(self, row: int, stored: np.ndarray | None, frames: list[bytes] | None = None) -> None:
         s = row // self.per_shard
         a, b = self._shard_bounds(s)
         block = self._blocks.get(s)
@@ -263,10 +295,20 @@ class StoreWriter:
             block = self._blocks[s] = np.zeros((b - a, self.tokens, self.dim), dtype=stored_dtype(self.dtype))
         if stored is not None:
             block[row - a] = stored
+        if self.frames is not None:
+            fb = self._frame_blocks.get(s)
+            if fb is None:
+                fb = self._frame_blocks[s] = np.full((b - a, self.frames.shape[1]), b"", dtype=object)
+            if frames is not None:
+                if len(frames) != self.frames.shape[1]:
+                    raise ValueError(f"row {row}: {len(frames)} stored frames, expected {self.frames.shape[1]}")
+                fb[row - a] = frames
         self._filled[s] = self._filled.get(s, 0) + 1
         if self._filled[s] == b - a:
             # the whole shard in one call: zarr encodes and writes the shard file once
             self.latents[a:b] = self._blocks.pop(s)
+            if self.frames is not None:
+                self.frames[a:b] = self._frame_blocks.pop(s)
             self._written.add(s)
 
     def _record(self, row: int, key: str, view_index: int, view: dict | None, meta: str) -> None:
@@ -279,15 +321,22 @@ class StoreWriter:
         self.view[row] = json.dumps(view, separators=(",", ":")) if view else ""
         self.meta[row] = meta
 
-    def put_ok(self, row: int, key: str, view_index: int, view: dict, meta: str, out: torch.Tensor) -> None:
-        """Store the fp32 teacher output `out` [tokens, D] of one view."""
+    def put_ok(self, row: int, key: str, view_index: int, view: dict, meta: str, out: torch.Tensor,
+               frames: list[bytes] | None = None, frames_digest: int | None = None) -> None:
+        """Store the fp32 teacher output `out` [tokens, D] of one view; with student-ready views
+        also the view's encoded frames and the digest of their decoded uint8 pixels."""
         if tuple(out.shape) != (self.tokens, self.dim):
             raise ValueError(f"row {row}: teacher output {tuple(out.shape)}, expected {(self.tokens, self.dim)}")
+        if (self.frames is not None) != (frames is not None and frames_digest is not None):
+            raise ValueError(f"row {row}: stored frames {'missing' if self.frames is not None else 'given'} "
+                             f"for a store {'with' if self.frames is not None else 'without'} student-ready views")
         stored = to_storage(out, self.dtype)
         self._record(row, key, view_index, view, meta)
         self.stats[row] = row_stats(out)
         self.checksum[row] = row_checksum(stored)
-        self._place(row, stored)
+        if frames is not None:
+            self.frames_checksum[row] = frames_digest
+        self._place(row, stored, frames)
         self.status[row] = STATUS_OK
 
     def put_failed(self, row: int, key: str, view_index: int, view: dict | None, meta: str, reason: str) -> None:
@@ -320,6 +369,8 @@ class StoreWriter:
         small("stats", self.stats, np.float32, fill=float("nan"))
         small("checksum", self.checksum, np.uint32, fill=0)
         small("meta", self.meta, str, fill="")
+        if self.frames is not None:
+            small("frames_checksum", self.frames_checksum, np.uint32, fill=0)
         self.group.attrs["status_names"] = {str(k): v for k, v in STATUS_NAMES.items()}
         files = store_files(self.tmp)
         ok = int((self.status == STATUS_OK).sum())
@@ -340,6 +391,27 @@ class StoreWriter:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         os.replace(tmp, done)  # last: from here on the store counts as finished
         return record
+
+
+def _create_frames_array(group, rows: int, frames: int, per_shard: int, views: StudentViewsSpec):
+    """The `frames [rows, T]` array of encoded frames (variable-length bytes)."""
+    import warnings
+
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    # raw uint8 frames get a fast lossless compressor; JPEG bytes do not compress further
+    first = [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle", typesize=1)] if views.format == "raw" else []
+    with warnings.catch_warnings():  # zarr-python's variable-length bytes have no Zarr v3 extension spec yet
+        warnings.simplefilter("ignore")
+        from zarr.core.dtype import VariableLengthBytes
+
+        return group.create_array(
+            "frames", shape=(rows, frames), dtype=VariableLengthBytes(), chunks=(1, frames),
+            shards=(per_shard, frames), compressors=first + [Crc32cCodec()], fill_value=b"",
+            dimension_names=("row", "frame"),
+            attributes={"format": views.format, "quality": views.quality if views.format == "jpeg" else None,
+                        "layout": "uint8 [T, S, S, 3] per row, RGB", "checksum": "frames_checksum: crc32c of the decoded uint8 frames"},
+        )
 
 
 def open_group(path: Path):
