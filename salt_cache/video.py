@@ -235,9 +235,8 @@ def read_frames(data: bytes, frames: tuple[int, ...] | list[int], key: str = "<v
     return torch.from_numpy(batch[[pos[f] for f in frames]])
 
 
-def decode_view(data: bytes, view: View) -> torch.Tensor:
-    """Video bytes + view -> normalized float32 clip [C, T, size, size]."""
-    import torch
+def _cropped_resized(data: bytes, view: View) -> torch.Tensor:
+    """Video bytes + view -> float32 [T, C, size, size] in 0..255, not rounded."""
     import torch.nn.functional as F
 
     frames = read_frames(data, view.frames, view.key)
@@ -245,10 +244,37 @@ def decode_view(data: bytes, view: View) -> torch.Tensor:
     if x1 > frames.shape[2] or y1 > frames.shape[1]:
         raise DecodeError(view.key, f"crop box {view.box} outside the {frames.shape[2]}x{frames.shape[1]} frame")
     clip = frames[:, y0:y1, x0:x1].permute(0, 3, 1, 2).float()  # [T, C, h, w]
-    clip = F.interpolate(clip, size=(view.size, view.size), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(clip, size=(view.size, view.size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def decode_view(data: bytes, view: View) -> torch.Tensor:
+    """Video bytes + view -> normalized float32 clip [C, T, size, size]."""
+    import torch
+
+    clip = _cropped_resized(data, view)
     mean = torch.tensor(view.mean).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(view.std).view(1, 3, 1, 1) * 255.0
     return ((clip - mean) / std).permute(1, 0, 2, 3).contiguous()
+
+
+def view_frames(data: bytes, view: View) -> torch.Tensor:
+    """Video bytes + view -> the student-ready view: uint8 [T, size, size, 3], cropped, resized
+    (the same antialiased bilinear resize as `decode_view`) and rounded."""
+    import torch
+
+    clip = _cropped_resized(data, view).round_().clamp_(0, 255).to(torch.uint8)
+    return clip.permute(0, 2, 3, 1).contiguous()
+
+
+def normalize_frames(frames: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 frames [..., T, H, W, 3] -> normalized float32 [..., 3, T, H, W], on their device.
+    The one arithmetic for stored views, in the build (what the teacher encodes) and in Stage 2."""
+    import torch
+
+    x = frames.movedim(-1, -4).float()  # [..., C, T, H, W]
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1, 1) * 255.0
+    return ((x - m) / s).contiguous()
 
 
 def denormalize(clip: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

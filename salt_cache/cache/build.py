@@ -221,20 +221,20 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
                          total=len(items)) if show else None
 
     views, dim = spec.views, header.teacher_dim
-    batch: list[tuple[StoreWriter, int, str, int, dict, str, torch.Tensor]] = []
+    batch: list[tuple[StoreWriter, int, str, int, dict, str, list | None, int | None, torch.Tensor]] = []
     doc = CacheHeader.read(out) if env.is_main else None
 
     def flush() -> None:
         if batch:
             y = _encode(model, [b[-1] for b in batch], env.device)
-            for (w, row, key, v, view, meta, _), latents in zip(batch, y):
-                w.put_ok(row, key, v, view, meta, latents)
+            for (w, row, key, v, view, meta, frames, digest, _), latents in zip(batch, y):
+                w.put_ok(row, key, v, view, meta, latents, frames=frames, frames_digest=digest)
             batch.clear()
 
     from torch.utils.data import DataLoader
 
     loader = DataLoader(
-        ClipDataset(items, spec.clip, views, spec.seed), batch_size=None, shuffle=False,
+        ClipDataset(items, spec.clip, views, spec.seed, spec.student_views), batch_size=None, shuffle=False,
         num_workers=workers, prefetch_factor=4 if workers else None, timeout=DECODE_TIMEOUT_S if workers else 0,
     )
     it = iter(loader)
@@ -246,7 +246,7 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
                  "views": views, "grid": list(spec.grid),
                  "tokens": spec.tokens, "dim": dim, "dtype": spec.storage.dtype}
         w = StoreWriter(root / store_name(i, shards[i]), len(samples[i]) * views, spec.tokens, dim,
-                        spec.storage, attrs)
+                        spec.storage, attrs, spec.student_views, spec.clip.frames)
         for _ in samples[i]:
             item = items[k]
             k += 1
@@ -260,7 +260,8 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
                 if res["x"][v] is None:
                     w.put_failed(row, item.tar.key, v, res["views"][v], res["meta"], res["reasons"][v])
                 else:
-                    batch.append((w, row, item.tar.key, v, res["views"][v], res["meta"], res["x"][v]))
+                    batch.append((w, row, item.tar.key, v, res["views"][v], res["meta"], res["frames"][v],
+                                  res["digests"][v], res["x"][v]))
                     if len(batch) == batch_size:
                         flush()
             if show:

@@ -4,8 +4,10 @@ Order: cache.json and spec parse; build complete; every manifest store present w
 record, file list and sizes; no stray or partial stores; per-store arrays and row structure (keys
 unique, statuses written, failed rows carry reasons, views parse and belong to their row); with
 `data`, keys are exactly the clips of those shards; per-store digest; per-row checksum, finite
-values and stats; with `teacher`, its sha256 against the fingerprint and `sample` random ok rows
-re-encoded from their stored views, compared by cosine and relative error (TOLERANCES).
+values and stats, and with student-ready views the digest of each row's decoded frames; with
+`teacher`, its sha256 against the fingerprint and `sample` random ok rows re-encoded from their
+stored views (the stored frames when the cache has them, else the source video), compared by
+cosine and relative error (TOLERANCES).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from salt_cache.cache.config import VerifyConfig
 from salt_cache.cache.header import CACHE_JSON, CacheHeader
 from salt_cache.cache.manifest import stray_entries
 from salt_cache.cache.store import (
-    ROW_ARRAYS, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, done_path, from_storage, open_group, read_done,
+    FRAME_ARRAYS, ROW_ARRAYS, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, done_path, from_storage, open_group, read_done,
     row_checksum, stats_problem, store_digest, store_files, stored_dtype,
 )
 from salt_cache.errors import SaltCacheError
@@ -175,7 +177,7 @@ def _verify(config: VerifyConfig, progress) -> VerifyReport:
     opened: dict[str, dict] = {}
     owner: dict[str, str] = {}
     for name, info in sound.items():
-        arrays = _open_arrays(root / name, info["done"], tokens, dim, dtype, P, name)
+        arrays = _open_arrays(root / name, info["done"], tokens, dim, dtype, P, name, spec.student_views.stored)
         if arrays is None:
             continue
         opened[name] = arrays
@@ -205,7 +207,7 @@ def _verify(config: VerifyConfig, progress) -> VerifyReport:
         rep.checks.append("rows")
         task = progress.add_task("checking rows", total=sum(len(a["status"]) for a in opened.values())) if progress else None
         for name, arrays in opened.items():
-            rep.rows_checked += _check_rows(name, arrays, dtype, P, progress, task)
+            rep.rows_checked += _check_rows(name, arrays, dtype, P, progress, task, spec)
 
     # 7. teacher fingerprint and re-encoding
     if teacher is not None:
@@ -215,13 +217,17 @@ def _verify(config: VerifyConfig, progress) -> VerifyReport:
     return rep
 
 
-def _open_arrays(path: Path, done: dict, tokens: int, dim: int, dtype: str, P, name: str) -> dict | None:
+def _open_arrays(path: Path, done: dict, tokens: int, dim: int, dtype: str, P, name: str,
+                 frames: bool = False) -> dict | None:
     try:
         g = open_group(path)
         lat = g["latents"]
-        arrays = {"latents": lat}
+        arrays = {"latents": lat, "path": path}
         for a in ROW_ARRAYS:
             arrays[a] = np.asarray(g[a][...]) if a not in ("key", "view", "reason", "meta") else np.asarray(g[a][...], dtype=object)
+        if frames:
+            arrays["frames"] = g["frames"]
+            arrays["frames_checksum"] = np.asarray(g["frames_checksum"][...])
     except Exception as e:
         P(Problem(f"cannot open store arrays ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})", store=name))
         return None
@@ -232,8 +238,8 @@ def _open_arrays(path: Path, done: dict, tokens: int, dim: int, dtype: str, P, n
     if lat.dtype != stored_dtype(dtype):
         P(Problem(f"latents dtype {lat.dtype}, expected {stored_dtype(dtype)} for {dtype}", store=name))
         return None
-    for a in ROW_ARRAYS:
-        if len(arrays[a]) != n:
+    for a in ROW_ARRAYS + (FRAME_ARRAYS if frames else ()):
+        if arrays[a].shape[0] != n:
             P(Problem(f"{a} has {len(arrays[a])} rows, expected {n}", store=name))
             return None
     return arrays
@@ -293,7 +299,31 @@ def _check_keys(data, owner: dict[str, str], P) -> None:
             P(Problem(f"... and {len(keys) - LIST_LIMIT} more keys {label}"))
 
 
-def _check_rows(name: str, a: dict, dtype: str, P, progress, task) -> int:
+def _stored_frames(a: dict, r: int, spec):
+    """uint8 [T, S, S, 3] of row r's stored view, decoded as Stage 2 decodes it."""
+    from salt_cache.cache.chunks import ChunkReader
+    from salt_cache.cache.frames import decode_frames
+
+    if "frame_reader" not in a:
+        a["frame_reader"] = ChunkReader(a["path"] / "frames")
+    return decode_frames(a["frame_reader"].read(r), spec.student_views.format, spec.clip.size)
+
+
+def _check_frames(name: str, a: dict, r: int, spec, P) -> None:
+    from salt_cache.cache.frames import frames_digest
+
+    try:
+        frames = _stored_frames(a, r, spec)
+    except Exception as e:  # a damaged chunk, an undecodable JPEG
+        P(Problem(f"stored frames unreadable ({_short(e)})", store=name, row=r, key=a["key"][r]))
+        return
+    got, want = frames_digest(frames), int(a["frames_checksum"][r])
+    if got != want:
+        P(Problem(f"stored frames decode to other pixels than the teacher encoded (crc32c {got:08x}, recorded {want:08x})",
+                  store=name, row=r, key=a["key"][r]))
+
+
+def _check_rows(name: str, a: dict, dtype: str, P, progress, task, spec=None) -> int:
     lat, status = a["latents"], a["status"]
     n = len(status)
     step = lat.shards[0] if getattr(lat, "shards", None) else 64
@@ -315,6 +345,8 @@ def _check_rows(name: str, a: dict, dtype: str, P, progress, task) -> int:
             if status[r] != STATUS_OK or r not in rows_of:
                 continue
             checked += 1
+            if "frames" in a:
+                _check_frames(name, a, r, spec, P)
             stored = rows_of[r]
             key = a["key"][r]
             crc = row_checksum(stored)
@@ -372,13 +404,22 @@ def _check_teacher(header: CacheHeader, opened: dict, teacher: Path, sample: int
     rep.tolerance = {"max_relative_error": tol_rel, "min_cosine": tol_cos,
                      "basis": "autocast" if autocast else header.dtype}
     from salt_cache.shards import index_shard, read_member
-    from salt_cache.video import View, decode_view
+    from salt_cache.video import View, decode_view, normalize_frames
 
     index_cache: dict[str, dict] = {}
     for i in picks:
         name, r = candidates[i]
         a = opened[name]
         key = a["key"][r]
+        if "frames" in a:  # the teacher's input is the stored view itself
+            try:
+                view = View.from_dict(json.loads(a["view"][r]))
+                x = normalize_frames(_stored_frames(a, r, header.spec), view.mean, view.std)
+            except Exception as e:
+                P(Problem(f"cannot re-encode ({_short(e)})", store=name, row=r, key=key))
+                continue
+            _compare_reencoded(model, x, a, r, name, key, dev, header, tol_rel, tol_cos, rep, P)
+            continue
         shard = shard_paths.get(name)
         if shard is None or not Path(shard).is_file():
             P(Problem(f"cannot re-encode: shard {shard} not found (pass --data)", store=name, row=r, key=key))
@@ -397,21 +438,31 @@ def _check_teacher(header: CacheHeader, opened: dict, teacher: Path, sample: int
         try:
             view = View.from_dict(json.loads(a["view"][r]))
             x = decode_view(read_member(Path(shard), tar.members[tar.video_ext]), view)
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                y = model(x[None].to(dev))[0].float().cpu()
-            stored = from_storage(a["latents"][r], header.dtype)
-        except Exception as e:  # an undecodable view, a clip that does not tile, a damaged chunk
+        except Exception as e:  # an undecodable view
             P(Problem(f"cannot re-encode ({_short(e)})", store=name, row=r, key=key))
             continue
-        if y.shape != stored.shape:
-            P(Problem(f"teacher output {tuple(y.shape)} vs stored {tuple(stored.shape)}", store=name, row=r, key=key))
-            continue
-        rel = float((stored - y).norm() / y.norm().clamp_min(1e-12))
-        cos = float(torch.nn.functional.cosine_similarity(stored.flatten(), y.flatten(), dim=0))
-        rep.reencoded.append({"store": name, "row": r, "key": key, "relative_error": rel, "cosine": cos})
-        if rel > tol_rel or cos < tol_cos:
-            P(Problem(f"re-encoded row differs: relative error {rel:.3g} (max {tol_rel:g}), cosine {cos:.6f} (min {tol_cos:g})",
-                      store=name, row=r, key=key))
+        _compare_reencoded(model, x, a, r, name, key, dev, header, tol_rel, tol_cos, rep, P)
+
+
+def _compare_reencoded(model, x, a: dict, r: int, name: str, key: str, dev, header: CacheHeader,
+                       tol_rel: float, tol_cos: float, rep: VerifyReport, P) -> None:
+    """Teacher forward on clip x [C, T, S, S] vs the stored row r, by relative error and cosine."""
+    try:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            y = model(x[None].to(dev))[0].float().cpu()
+        stored = from_storage(a["latents"][r], header.dtype)
+    except Exception as e:  # a clip that does not tile, a damaged chunk
+        P(Problem(f"cannot re-encode ({_short(e)})", store=name, row=r, key=key))
+        return
+    if y.shape != stored.shape:
+        P(Problem(f"teacher output {tuple(y.shape)} vs stored {tuple(stored.shape)}", store=name, row=r, key=key))
+        return
+    rel = float((stored - y).norm() / y.norm().clamp_min(1e-12))
+    cos = float(torch.nn.functional.cosine_similarity(stored.flatten(), y.flatten(), dim=0))
+    rep.reencoded.append({"store": name, "row": r, "key": key, "relative_error": rel, "cosine": cos})
+    if rel > tol_rel or cos < tol_cos:
+        P(Problem(f"re-encoded row differs: relative error {rel:.3g} (max {tol_rel:g}), cosine {cos:.6f} (min {tol_cos:g})",
+                  store=name, row=r, key=key))
 
 
 def _shard_paths(header: CacheHeader, data) -> dict[str, str]:

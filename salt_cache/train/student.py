@@ -45,7 +45,7 @@ from salt_cache.train.data import PlanAndDecode, Sample, StageContext
 from salt_cache.train.engine import Interval, Stage, check_inputs, check_memory, fit, make_loaders, val_columns
 from salt_cache.train.optim import make_optimizer
 from salt_cache.train.runs import Run, print_run_summary
-from salt_cache.video import decode_view, view_rng
+from salt_cache.video import decode_view, normalize_frames, view_rng
 
 STAGE = "student"
 EXPORT = "student"  # a finished run hands on RUN/student.pt (and RUN/online.pt with --ema)
@@ -166,8 +166,9 @@ def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
 
 class CacheJoin:
     """Stage 2's sample stage: rows of the clip's key -> one stored view (a new pick per epoch,
-    seeded by (seed, epoch, key); view 0 in validation) -> the clip decoded at that view, and the
-    row's latents unless `latents` is False (online oracle). Clips with no ok row are skipped
+    seeded by (seed, epoch, key); view 0 in validation) -> the clip at that view (the row's stored
+    frames when the cache has student-ready views, else decoded from the source), and the row's
+    latents unless `latents` is False (online oracle). Clips with no ok row are skipped
     (the batcher counts them)."""
 
     def __init__(self, cache: Path, seed: int, latents: bool = True):
@@ -185,7 +186,11 @@ class CacheJoin:
         else:
             ref = min(rows, key=lambda r: r.view_index)
         try:
-            clip = decode_view(sample.video, self.reader.view(ref))
+            view = self.reader.view(ref)
+            if self.reader.has_frames:  # the stored view: no source decode, the teacher's exact pixels
+                clip = normalize_frames(self.reader.frames(ref), view.mean, view.std)
+            else:
+                clip = decode_view(sample.video, view)
         except DecodeError:
             return None
         out = {"clip": clip, "view_index": ref.view_index}
