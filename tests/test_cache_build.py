@@ -18,8 +18,8 @@ from salt_cache.cli import app
 from salt_cache.errors import SaltCacheError
 from salt_cache.shards import iter_shard, resolve_shards, shard_keys
 from salt_cache.spec import load_spec
-from salt_cache.video import decode_view, plan_view, probe_video
-from salt_cache.cache.store import ROW_ARRAYS, done_path
+from salt_cache.video import normalize_frames, plan_view, probe_video, view_frames
+from salt_cache.cache.store import FRAME_ARRAYS, ROW_ARRAYS, done_path
 from test_cache_common import DIM, TOKENS, make_teacher, store_arrays, store_names, write_spec
 
 runner = CliRunner()
@@ -27,10 +27,11 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def built(demo, tmp_path_factory):
-    """demo/train (36 clips in 4 shards) x 2 views, float16, batch 3, 2 decoding workers."""
+    """demo/train (36 clips in 4 shards) x 2 views, float16, student-ready views stored as JPEG,
+    batch 3, 2 decoding workers."""
     root = tmp_path_factory.mktemp("cache_build")
     teacher = make_teacher(root / "teacher.pt")
-    spec = write_spec(root / "spec.yaml")
+    spec = write_spec(root / "spec.yaml", frames="jpeg")
     summary = build_cache(BuildConfig(teacher, demo / "train", spec, root / "cache", batch_size=3, workers=2))
     return {"root": root, "teacher": teacher, "spec": spec, "cache": root / "cache", "summary": summary}
 
@@ -53,8 +54,13 @@ def test_every_row_is_the_teacher_output_of_its_stored_view(built, demo, one_thr
                 view = reader.view(ref)
                 # contract 1: the stored view is exactly the planned one (frames, box, size, norm)
                 assert view == plan_view(key, ref.view_index, spec.seed, info, spec.clip)
+                # ... and the stored frames are that view of the source (through a JPEG q90 round trip)
+                frames = reader.frames(ref)
+                assert frames.dtype == torch.uint8 and frames.shape == (4, 32, 32, 3)
+                assert (frames.float() - view_frames(video, view).float()).abs().mean() < 6
+                # the row is the teacher's output on exactly those stored pixels
                 with torch.inference_mode():
-                    want = model(decode_view(video, view)[None])[0]
+                    want = model(normalize_frames(frames, view.mean, view.std)[None])[0]
                 got = reader.read(ref)
                 assert got.dtype == torch.float32 and got.shape == (TOKENS, DIM)
                 # float16 storage: each value within its rounding (2^-11 relative) plus fp32 noise
@@ -87,7 +93,7 @@ def test_rows_follow_shard_order_times_views_and_zarr_layout(built, demo):
         done = json.loads(done_path(built["cache"] / "stores" / name).read_text())
         with warnings.catch_warnings():  # the done record lies outside the Zarr hierarchy: listing it is quiet
             warnings.simplefilter("error")
-            assert sorted(n for n, _ in g.members()) == sorted(("latents",) + ROW_ARRAYS)
+            assert sorted(n for n, _ in g.members()) == sorted(("latents",) + ROW_ARRAYS + FRAME_ARRAYS)
         assert done["rows"] == 2 * len(keys) and done["digest"].startswith("sha256:")
         assert not (built["cache"] / "stores" / (name + ".partial")).exists()
 
@@ -187,7 +193,7 @@ def test_failed_clip_is_a_failed_row_and_shifts_nothing(built, demo, tmp_path):
 
 @pytest.mark.parametrize("dtype,codec", [("bfloat16", "zstd"), ("float32", "none")])
 def test_other_storage_dtypes_and_codecs(built, demo, tmp_path, dtype, codec):
-    spec = write_spec(tmp_path / "spec.yaml", dtype=dtype, codec=codec)
+    spec = write_spec(tmp_path / "spec.yaml", dtype=dtype, codec=codec, frames="jpeg")  # as `built`: the same teacher inputs
     data = resolve_shards(demo / "train")[3]  # one shard of 6 clips
     build_cache(BuildConfig(built["teacher"], [data], spec, tmp_path / "cache", batch_size=4, workers=1))
     g = zarr.open_group(tmp_path / "cache" / "stores" / "000000-shard-000003.zarr", mode="r")

@@ -1,0 +1,126 @@
+"""The fast row read path (byte ranges from the Zarr shard index, codecs decoded in the caller)
+and student-ready views (stored frames), on real stores written by StoreWriter and build_cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from salt_cache.cache import BuildConfig, CacheReader, build_cache, verify_cache
+from salt_cache.cache.chunks import ChunkError, ChunkReader, UnsupportedLayout
+from salt_cache.cache.store import StoreWriter
+from salt_cache.checkpoint import load_encoder
+from salt_cache.errors import SaltCacheError
+from salt_cache.shards import iter_shard, resolve_shards
+from salt_cache.shards.read import Sample
+from salt_cache.spec import StorageSpec
+from salt_cache.train.data import StageContext
+from salt_cache.train.student import CacheJoin
+from salt_cache.video import normalize_frames, view_frames
+from test_cache_common import make_teacher, write_spec
+
+
+def _store(tmp_path, storage: StorageSpec, rows: int = 6, tokens: int = 8, dim: int = 16):
+    x = torch.randn(rows, tokens, dim, generator=torch.Generator().manual_seed(0)) * 3
+    w = StoreWriter(tmp_path / "s.zarr", rows, tokens, dim, storage, {})
+    for r in range(rows):
+        w.put_ok(r, f"k{r}", 0, {"key": f"k{r}", "index": 0}, "{}", x[r])
+    w.finish()
+    return tmp_path / "s.zarr", x
+
+
+@pytest.mark.parametrize("dtype,codec,shuffle", [("float16", "blosc-zstd", "byte"), ("float16", "blosc-lz4", "bit"),
+                                                 ("bfloat16", "zstd", "byte"), ("float32", "none", "byte")])
+def test_byte_range_reads_equal_zarr_for_every_codec(tmp_path, dtype, codec, shuffle):
+    # 6 rows in shards of 4: the last shard is partial, its index marks two chunks empty
+    path, x = _store(tmp_path, StorageSpec(dtype=dtype, codec=codec, shuffle=shuffle, level=3, rows_per_shard=4))
+    arr = zarr.open_array(path / "latents", mode="r")
+    chunks = ChunkReader(path / "latents")
+    for r in range(6):
+        got = chunks.read(r)
+        assert got.dtype == arr.dtype and got.tobytes() == arr[r].tobytes()
+        assert chunks.decode(chunks.encoded(r)).tobytes() == got.tobytes()
+    with pytest.raises(IndexError):
+        chunks.read(6)
+
+
+def test_damaged_chunk_and_damaged_index_are_refused(tmp_path):
+    path, _ = _store(tmp_path, StorageSpec(rows_per_shard=4))
+    shard = path / "latents" / "c" / "0" / "0" / "0"
+    good = shard.read_bytes()
+    data = bytearray(good)
+    data[40] ^= 0xFF  # inside the first chunk
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ChunkError, match="crc32c mismatch"):
+        ChunkReader(path / "latents").read(0)
+    data = bytearray(good)
+    data[-10] ^= 0xFF  # inside the shard index at the end of the file
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ChunkError, match="index: crc32c mismatch"):
+        ChunkReader(path / "latents").read(1)
+
+
+def test_a_layout_it_does_not_read_is_left_to_zarr(tmp_path):
+    arr = zarr.create_array(tmp_path / "plain", shape=(4, 8), chunks=(1, 8), dtype="f2")  # no sharding
+    arr[...] = 1
+    with pytest.raises(UnsupportedLayout):
+        ChunkReader(tmp_path / "plain")
+
+
+@pytest.fixture(scope="module")
+def raw_views(demo, tmp_path_factory):
+    """demo/val x 1 view, student-ready views stored losslessly (raw)."""
+    root = tmp_path_factory.mktemp("raw_views")
+    teacher = make_teacher(root / "teacher.pt")
+    spec = write_spec(root / "spec.yaml", views=1, frames="raw")
+    build_cache(BuildConfig(teacher, demo / "val", spec, root / "cache", batch_size=4, workers=0))
+    return {"cache": root / "cache", "teacher": teacher}
+
+
+def test_raw_views_are_the_view_of_the_source_and_what_the_teacher_encoded(raw_views, demo, one_thread):
+    reader = CacheReader(raw_views["cache"])
+    model, _ = load_encoder(raw_views["teacher"])
+    assert reader.has_frames
+    n = 0
+    for shard in resolve_shards(demo / "val"):
+        for key, video, _meta in iter_shard(shard):
+            (ref,) = reader.rows(key)
+            view = reader.view(ref)
+            frames = reader.frames(ref)
+            assert torch.equal(frames, view_frames(video, view))  # lossless: the exact rounded view
+            with torch.inference_mode():
+                want = model(normalize_frames(frames, view.mean, view.std)[None])[0]
+            assert torch.equal(reader.read(ref), want.half().float())
+            stored = reader.read_stored(ref)
+            assert stored.dtype == torch.float16 and torch.equal(stored.float(), reader.read(ref))
+            n += 1
+    assert n == 12
+    # Stage 2's join hands the student the stored frames, normalized the teacher's way
+    join = CacheJoin(raw_views["cache"], seed=0)
+    sample = next(iter(iter_shard(resolve_shards(demo / "val")[0])))
+    out = join(Sample(key=sample[0], video=b"not needed", meta=sample[2]), StageContext(epoch=0, train=True))
+    (ref,) = reader.rows(sample[0])
+    view = reader.view(ref)
+    assert torch.equal(out["clip"], normalize_frames(reader.frames(ref), view.mean, view.std))
+    assert torch.equal(out["latents"], reader.read(ref))
+    assert verify_cache(raw_views["cache"], teacher=raw_views["teacher"], sample=3) == []
+
+
+def test_frames_that_decode_to_other_pixels_are_refused(raw_views, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(raw_views["cache"], cache)
+    store = sorted((cache / "stores").glob("*.zarr"))[0]
+    g = zarr.open_group(store, mode="r+")
+    crc = np.asarray(g["frames_checksum"][...])
+    crc[2] ^= 1  # as if the frames decoded differently from the build's decoder
+    g["frames_checksum"][...] = crc
+    reader = CacheReader(cache)
+    ref = next(r for k in reader.keys() for r in reader.rows(k) if r.store == store.name and r.row == 2)
+    with pytest.raises(SaltCacheError, match="other pixels than the teacher encoded"):
+        reader.frames(ref)
+    lines = [p.line() for p in verify_cache(cache, digest=False)]
+    assert any(f"store {store.name} row 2" in ln and "other pixels than the teacher encoded" in ln for ln in lines), lines
