@@ -12,7 +12,7 @@ def test_shipped_specs_load_with_their_grids():
     assert (demo.grid, demo.tokens, demo.views) == ((4, 8, 8), 256, 2)
     assert (demo.clip.frames, demo.clip.frame_step, demo.clip.size, demo.clip.crop) == (8, 2, 64, "random-resized")
     assert demo.clip.scale == (0.5, 1.0) and demo.clip.ratio == (0.75, 1.35)
-    assert demo.storage == StorageSpec()  # float16, blosc-zstd level 3, 64 rows per shard
+    assert demo.storage == StorageSpec()  # float16, blosc-zstd level 5 byte shuffle, 64 rows per shard
     probe = load_spec("demo-probe")
     assert (probe.clip.crop, probe.views, probe.tokens) == ("center", 1, 256)
     paper = load_spec("vitl-16x224")

@@ -12,7 +12,8 @@ the first (our layout: one row per chunk, `rows_per_shard` rows per shard file):
     shard file  <array>/c/<r // per_shard>/0/...   (chunk key encoding "default", separator "/")
     index       n x (offset uint64, nbytes uint64) little-endian + crc32c, at the end (or start)
                 of the file; read once per shard file and kept (2 KB for 64 rows)
-    chunk       os.pread(offset, nbytes) -> crc32c checked -> blosc | zstd decoded -> the values
+    chunk       bytes [offset, offset + nbytes) of the memory-mapped shard file -> crc32c checked
+                -> blosc | zstd decoded straight from the mapping into the row's array
 
 Only the codec chains this project writes are read here (bytes or vlen-bytes, then blosc, zstd or
 nothing, then crc32c, under `sharding_indexed`); `ChunkReader` refuses anything else at open, and
@@ -22,14 +23,15 @@ callers fall back to `zarr`. The store stays a plain Zarr v3 array: this module 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
-EMPTY = np.uint64(2 ** 64 - 1)  # offset and nbytes of a chunk that was never written
-OPEN_SHARDS = 16  # file descriptors (and their indexes) kept open per array
+EMPTY = 2 ** 64 - 1  # offset and nbytes of a chunk that was never written
+OPEN_SHARDS = 16  # shard files (mappings and their indexes) kept open per array
 
 
 class UnsupportedLayout(Exception):
@@ -70,6 +72,14 @@ def _decoder(codec: dict, itemsize: int):
 
         return Zstd(level=int(cfg.get("level", 0)))
     raise UnsupportedLayout(f"codec {name}")
+
+
+def _close(mapped: mmap.mmap, view: memoryview) -> None:
+    try:
+        view.release()
+        mapped.close()
+    except BufferError:  # a caller still holds a slice (encoded()): the mapping goes with it
+        pass
 
 
 def vlen_items(buf) -> list[bytes]:
@@ -146,35 +156,41 @@ class ChunkReader:
         self._pid = os.getpid()
 
     # ---- shard files: descriptor and index, kept per process ---------------------------------------
-    def _shard(self, s: int) -> tuple[int, np.ndarray]:
-        if self._pid != os.getpid():  # a forked worker: descriptors are shared with the parent
-            self._open.clear()
+    def _shard(self, s: int) -> tuple:
+        if self._pid != os.getpid():  # a forked worker maps its own
+            self._open = OrderedDict()
             self._pid = os.getpid()
         hit = self._open.get(s)
         if hit is not None:
             self._open.move_to_end(s)
             return hit
         path = self.dir.joinpath("c", str(s), *(["0"] * len(self.row_shape)))
+        name = path.relative_to(self.dir.parent)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < self.index_bytes:
+                    raise ChunkError(f"{name}: {size} bytes, shorter than its index")
+                # mapped, not read: a chunk is decoded straight from the page cache, no copy
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
-            raise ChunkError(f"{path.relative_to(self.dir.parent)}: shard file missing") from None
-        size = os.fstat(fd).st_size
-        if size < self.index_bytes:
-            os.close(fd)
-            raise ChunkError(f"{path.relative_to(self.dir.parent)}: {size} bytes, shorter than its index")
-        raw = os.pread(fd, self.index_bytes, size - self.index_bytes if self.index_at_end else 0)
-        body = _check_crc(memoryview(raw), f"{path.relative_to(self.dir.parent)} index") if self.index_crc else raw
-        index = np.frombuffer(body, dtype="<u8").reshape(self.per_shard, 2)
-        self._open[s] = (fd, index)
+            raise ChunkError(f"{name}: shard file missing") from None
+        view = memoryview(mapped)
+        start = size - self.index_bytes if self.index_at_end else 0
+        raw = view[start:start + self.index_bytes]
+        body = _check_crc(raw, f"{name} index") if self.index_crc else raw
+        index = np.frombuffer(body, dtype="<u8").reshape(self.per_shard, 2).copy()
+        raw.release()
+        if not self.index_crc:
+            body.release()
+        self._open[s] = (mapped, view, index)
         while len(self._open) > OPEN_SHARDS:
-            old, _ = self._open.popitem(last=False)
-            os.close(old)
-        return fd, index
+            _close(*self._open.popitem(last=False)[1][:2])
+        return self._open[s]
 
     def close(self) -> None:
-        for fd, _ in self._open.values():
-            os.close(fd)
+        for m, v, _ in self._open.values():
+            _close(m, v)
         self._open.clear()
 
     def __del__(self):
@@ -194,14 +210,13 @@ class ChunkReader:
         """The chunk's stored bytes, checksum verified and stripped (what the compressor wrote)."""
         if not 0 <= row < self.shape[0]:
             raise IndexError(f"row {row} outside 0..{self.shape[0] - 1}")
-        fd, index = self._shard(row // self.per_shard)
-        offset, size = index[row % self.per_shard]
+        _, view, index = self._shard(row // self.per_shard)
+        offset, size = (int(v) for v in index[row % self.per_shard])
         if offset == EMPTY and size == EMPTY:
             raise ChunkError(f"row {row}: chunk never written")
-        raw = os.pread(fd, int(size), int(offset))
-        if len(raw) != int(size):
-            raise ChunkError(f"row {row}: chunk truncated ({len(raw)} of {int(size)} bytes)")
-        return _check_crc(memoryview(raw), f"row {row}")
+        if offset + size > len(view):
+            raise ChunkError(f"row {row}: chunk truncated (bytes {offset}..{offset + size} of a {len(view)}-byte shard file)")
+        return _check_crc(view[offset:offset + size], f"row {row}")
 
     def decode(self, buf) -> np.ndarray | list[bytes]:
         """Encoded chunk bytes (checksum stripped) -> the row's values."""
