@@ -29,7 +29,9 @@ def specs_dir() -> Path | None:
 
 @dataclass(frozen=True)
 class StorageSpec:
-    """How latents are stored. dtype: float16 (default), bfloat16 (kept as uint16 bits), float32;
+    """How latents are stored. dtype: float16 (default), bfloat16 (kept as uint16 bits), float32,
+    or int8 (lossy by choice: per-channel float32 scales, ~0.25x the fp32 bytes; the build reports
+    its fidelity against the fp32 output, see `cache.store.fidelity`);
     codec: blosc-zstd (Blosc with zstd), blosc-lz4, zstd, or none; level: compression level;
     shuffle: the Blosc filter, byte (default), bit or none; rows_per_shard: rows per Zarr shard
     file (each shard is written whole, in one call).
@@ -40,7 +42,7 @@ class StorageSpec:
     more and write 2-20x slower; lz4 and bit shuffle save nothing on such rows; `none` reads
     fastest (~3.5 GB/s) when disk is not the limit."""
 
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    dtype: Literal["float16", "bfloat16", "float32", "int8"] = "float16"
     codec: Literal["blosc-zstd", "blosc-lz4", "zstd", "none"] = "blosc-zstd"
     level: int = 5
     shuffle: Literal["byte", "bit", "none"] = "byte"

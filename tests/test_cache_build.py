@@ -93,7 +93,7 @@ def test_rows_follow_shard_order_times_views_and_zarr_layout(built, demo):
         done = json.loads(done_path(built["cache"] / "stores" / name).read_text())
         with warnings.catch_warnings():  # the done record lies outside the Zarr hierarchy: listing it is quiet
             warnings.simplefilter("error")
-            assert sorted(n for n, _ in g.members()) == sorted(("latents",) + ROW_ARRAYS + FRAME_ARRAYS)
+            assert sorted(n for n, _ in g.members()) == sorted(("latents", "fidelity") + ROW_ARRAYS + FRAME_ARRAYS)
         assert done["rows"] == 2 * len(keys) and done["digest"].startswith("sha256:")
         assert not (built["cache"] / "stores" / (name + ".partial")).exists()
 

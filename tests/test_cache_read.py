@@ -8,7 +8,7 @@ import pytest
 import torch
 import zarr
 
-from salt_cache.cache import BuildConfig, CacheReader, build_cache, verify_cache
+from salt_cache.cache import BuildConfig, CacheReader, VerifyConfig, build_cache, run_verify, verify_cache
 from salt_cache.cache.chunks import ChunkError, ChunkReader, UnsupportedLayout
 from salt_cache.cache.store import StoreWriter
 from salt_cache.checkpoint import load_encoder
@@ -79,6 +79,16 @@ def raw_views(demo, tmp_path_factory):
     return {"cache": root / "cache", "teacher": teacher}
 
 
+@pytest.fixture(scope="module")
+def built_int8(demo, tmp_path_factory):
+    """demo/val x 1 view, int8 latents, JPEG student-ready views."""
+    root = tmp_path_factory.mktemp("int8")
+    teacher = make_teacher(root / "teacher.pt")
+    spec = write_spec(root / "spec.yaml", views=1, dtype="int8", frames="jpeg")
+    build_cache(BuildConfig(teacher, demo / "val", spec, root / "cache", batch_size=4, workers=0))
+    return {"cache": root / "cache", "teacher": teacher}
+
+
 def test_raw_views_are_the_view_of_the_source_and_what_the_teacher_encoded(raw_views, demo, one_thread):
     reader = CacheReader(raw_views["cache"])
     model, _ = load_encoder(raw_views["teacher"])
@@ -93,8 +103,8 @@ def test_raw_views_are_the_view_of_the_source_and_what_the_teacher_encoded(raw_v
             with torch.inference_mode():
                 want = model(normalize_frames(frames, view.mean, view.std)[None])[0]
             assert torch.equal(reader.read(ref), want.half().float())
-            stored = reader.read_stored(ref)
-            assert stored.dtype == torch.float16 and torch.equal(stored.float(), reader.read(ref))
+            stored, scale = reader.read_stored(ref)
+            assert stored.dtype == torch.float16 and scale is None and torch.equal(stored.float(), reader.read(ref))
             n += 1
     assert n == 12
     # Stage 2's join hands the student the stored frames, normalized the teacher's way
@@ -124,3 +134,49 @@ def test_frames_that_decode_to_other_pixels_are_refused(raw_views, tmp_path):
         reader.frames(ref)
     lines = [p.line() for p in verify_cache(cache, digest=False)]
     assert any(f"store {store.name} row 2" in ln and "other pixels than the teacher encoded" in ln for ln in lines), lines
+
+
+def test_int8_rows_with_per_channel_scales_report_their_fidelity(built_int8, demo, one_thread):
+    from salt_cache.cache import describe_cache
+    from salt_cache.cache.store import dequantize
+
+    reader = CacheReader(built_int8["cache"])
+    model, _ = load_encoder(built_int8["teacher"])
+    worst = 1.0
+    for shard in resolve_shards(demo / "val"):
+        for key, _video, _meta in iter_shard(shard):
+            (ref,) = reader.rows(key)
+            values, scale = reader.read_stored(ref)
+            assert values.dtype == torch.int8 and scale.dtype == torch.float32 and scale.shape == (96,)
+            got = reader.read(ref)
+            assert torch.equal(got, dequantize(values, scale)) and torch.equal(dequantize(values[None], scale[None])[0], got)
+            view = reader.view(ref)
+            with torch.inference_mode():
+                want = model(normalize_frames(reader.frames(ref), view.mean, view.std)[None])[0]
+            # the quantization error of each value is at most half a step of its channel
+            assert ((got - want).abs() <= scale / 2 + 1e-6).all()
+            worst = min(worst, float(torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)))
+    fid = describe_cache(built_int8["cache"], rank_sample=0)["fidelity"]
+    assert fid["rows"] == 12 and fid["worst_cosine"] == pytest.approx(worst, abs=1e-5) and fid["worst_cosine"] > 0.999
+    assert 0 < fid["worst_relative_error"] < 0.03 and 0 < fid["worst_target_relative_error"] < 0.03
+    # a quarter of the float32 bytes, plus 4 bytes of scale per channel (here 32 tokens: 1/32 more)
+    store = sorted((built_int8["cache"] / "stores").glob("*.zarr"))[0]
+    values, scales = ChunkReader(store / "latents"), ChunkReader(store / "latent_scales")
+    assert len(values.encoded(0)) + len(scales.encoded(0)) <= (0.25 + 1 / 32) * 32 * 96 * 4 + 64
+    rep = run_verify(VerifyConfig(built_int8["cache"], teacher=built_int8["teacher"], sample=4))
+    assert rep.ok, [p.line() for p in rep.problems]
+    assert rep.fidelity == fid and len(rep.reencoded) == 4
+
+
+def test_int8_scales_are_covered_by_the_row_checksum(built_int8, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(built_int8["cache"], cache)
+    store = sorted((cache / "stores").glob("*.zarr"))[0]
+    g = zarr.open_group(store, mode="r+")
+    block = np.asarray(g["latent_scales"][0:4])
+    block[1, 5] *= 2  # a consistent chunk (crc32c rewritten by zarr) with a wrong scale
+    g["latent_scales"][0:4] = block
+    lines = [p.line() for p in verify_cache(cache, digest=False)]
+    assert any(f"store {store.name} row 1" in ln and "checksum mismatch" in ln for ln in lines), lines

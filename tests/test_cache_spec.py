@@ -36,7 +36,7 @@ def test_overrides_and_default_name(tmp_path):
 
 @pytest.mark.parametrize("text,expected", [
     ("clip: {frames: 8, frame_step: 2, size: 64}\nstorage: {dtyp: float16}\n", "storage.dtyp: unknown field"),
-    ("clip: {frames: 8, frame_step: 2, size: 64}\nstorage: {dtype: int8}\n", "storage.dtype: expected one of"),
+    ("clip: {frames: 8, frame_step: 2, size: 64}\nstorage: {dtype: int4}\n", "storage.dtype: expected one of"),
     ("clip: {frames: 8, frame_step: 2, size: 36}\npatch_size: 16\n", "clip.size: 36 px is not divisible by patch_size 16"),
     ("clip: {frames: 7, frame_step: 2, size: 64}\n", "clip.frames: 7 is not divisible by tubelet_size 2"),
     ("clip: {frames: 8, frame_step: 2, size: 64, crop: middle}\n", "clip.crop: expected 'center' or 'random-resized'"),

@@ -26,7 +26,7 @@ from salt_cache.cache.config import BuildConfig
 from salt_cache.cache.header import CACHE_JSON, CacheHeader
 from salt_cache.cache.manifest import compatibility_problem, make_header, refresh_manifest
 from salt_cache.cache.source import ClipDataset, ClipItem
-from salt_cache.cache.store import STORES_DIR, StoreWriter, clear_partial, read_done, store_name
+from salt_cache.cache.store import STORES_DIR, StoreWriter, clear_partial, merge_fidelity, read_done, store_name
 from salt_cache.checkpoint import file_sha256, load_encoder
 from salt_cache.errors import SaltCacheError
 from salt_cache.shards import index_shard, resolve_shards
@@ -64,6 +64,7 @@ class BuildSummary:
     wall_s: float = 0.0
     encode_s: float = 0.0  # from the first clip asked of the decoders to the last store written (rank 0)
     clips_per_s: float = 0.0  # clips_built / encode_s: the rate the progress bar shows
+    fidelity: dict | None = None  # stored latents vs the fp32 teacher output (`store.merge_fidelity`)
     rank: int = 0
     world_size: int = 1
 
@@ -302,4 +303,5 @@ def _summarize(out: Path, doc: CacheHeader, skipped: int, cleared: int, built: i
         bytes_per_row=nbytes / rows if rows else 0.0, fp32_bytes_per_row=doc.tokens * doc.teacher_dim * 4,
         clips_built=clips_built, rows_built=rows_built, wall_s=round(wall, 3), encode_s=round(encode_s, 3),
         clips_per_s=round(clips_built / encode_s, 3) if encode_s > 0 else 0.0, rank=env.rank, world_size=env.world_size,
+        fidelity=merge_fidelity(s.get("fidelity") for s in stores.values()),
     )

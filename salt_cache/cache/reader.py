@@ -106,6 +106,11 @@ class CacheReader:
                 g["chunks"] = ChunkReader(path / "latents")
             except UnsupportedLayout:
                 g["chunks"] = None  # not our layout (a foreign or future codec): zarr reads it
+            if self.dtype == "int8":
+                try:
+                    g["scales"] = ChunkReader(path / "latent_scales")
+                except UnsupportedLayout as e:
+                    raise SaltCacheError(f"{path}: int8 latents without readable latent_scales ({e})") from None
             if self.has_frames:
                 try:
                     g["frames"] = ChunkReader(path / "frames")
@@ -199,18 +204,19 @@ class CacheReader:
             key = self._string_array(ref.store, "key")[ref.row]
             raise SaltCacheError(f"{ref.store} row {ref.row} ({key}): status {s}, not ok")
 
-    def read_array(self, ref: RowRef) -> np.ndarray:
+    def read_array(self, ref: RowRef) -> tuple[np.ndarray, np.ndarray | None]:
         """The row's stored values as numpy, exactly as stored ([tokens, D]; float16, float32,
-        or uint16 bfloat16 bits). Refuses a row whose status is not ok: unwritten chunks read
-        back as zeros without any error."""
+        uint16 bfloat16 bits or int8) and, for int8, its per-channel float32 scales [D] (else
+        None). Refuses a row whose status is not ok: unwritten chunks read back as zeros
+        without any error."""
         self._require_ok(ref)
         g = self._group(ref.store)
         try:
-            if g["chunks"] is not None:
-                return g["chunks"].read(ref.row)
-            return g["latents"][ref.row]
+            values = g["chunks"].read(ref.row) if g["chunks"] is not None else g["latents"][ref.row]
+            scale = g["scales"].read(ref.row) if "scales" in g else None
         except (ChunkError, OSError, ValueError, RuntimeError) as e:  # a damaged chunk fails its crc32c
             raise SaltCacheError(f"{ref.store} row {ref.row}: unreadable latents ({type(e).__name__}: {str(e)[:120]})") from None
+        return values, scale
 
     @property
     def has_frames(self) -> bool:
@@ -239,14 +245,17 @@ class CacheReader:
         return frames
 
     def read(self, ref: RowRef) -> torch.Tensor:
-        """Latents of one row -> float32 [tokens, D] (one chunk read)."""
-        return from_storage(self.read_array(ref), self.dtype)
+        """Latents of one row -> float32 [tokens, D] (one chunk read; int8 times its scales)."""
+        values, scale = self.read_array(ref)
+        return from_storage(values, self.dtype, scale)
 
-    def read_stored(self, ref: RowRef) -> torch.Tensor:
-        """Latents of one row in their stored dtype, [tokens, D]: float16, float32 or bfloat16
-        (no copy beyond the decode). What a DataLoader worker should ship: half the bytes of
-        float32, upcast on the device (`.float()`)."""
-        return stored_to_tensor(self.read_array(ref), self.dtype)
+    def read_stored(self, ref: RowRef) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Latents of one row in their stored dtype: (values [tokens, D] float16 | float32 |
+        bfloat16 | int8, per-channel float32 scale [D] for int8 else None), no copy beyond the
+        decode. What a DataLoader worker should ship (a half or a quarter of the float32 bytes);
+        `cache.store.dequantize(values, scale)` upcasts them on the device."""
+        values, scale = self.read_array(ref)
+        return stored_to_tensor(values, self.dtype), (torch.from_numpy(scale) if scale is not None else None)
 
     def read_key(self, key: str, view_index: int | None = None) -> tuple[RowRef, torch.Tensor]:
         """Convenience: the row of `key` with `view_index` (default: its first ok row) and its latents."""

@@ -25,8 +25,8 @@ from salt_cache.cache.config import VerifyConfig
 from salt_cache.cache.header import CACHE_JSON, CacheHeader
 from salt_cache.cache.manifest import stray_entries
 from salt_cache.cache.store import (
-    FRAME_ARRAYS, ROW_ARRAYS, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, done_path, from_storage, open_group, read_done,
-    row_checksum, stats_problem, store_digest, store_files, stored_dtype,
+    OPTIONAL_ARRAYS, ROW_ARRAYS, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, done_path, from_storage, open_group, read_done,
+    fidelity_summary, row_checksum, stats_problem, store_digest, store_files, stored_dtype,
 )
 from salt_cache.errors import SaltCacheError
 
@@ -38,6 +38,7 @@ TOLERANCES = {
     "float32": (1e-3, 0.99999),
     "float16": (2e-3, 0.9999),
     "bfloat16": (1e-2, 0.9995),
+    "int8": (2.5e-2, 0.999),  # per-channel scales: ~1% relative error on ViT-like rows (see the build's fidelity)
     "autocast": (5e-2, 0.995),
 }
 LIST_LIMIT = 50  # missing / extra keys listed one per line up to this many, then a count
@@ -74,6 +75,7 @@ class VerifyReport:
     rows_checked: int = 0
     reencoded: list[dict] = field(default_factory=list)
     tolerance: dict | None = None
+    fidelity: dict | None = None  # the stored rows against the fp32 teacher output, as the build measured
     seconds: float = 0.0
 
     @property
@@ -188,6 +190,9 @@ def _verify(config: VerifyConfig, progress) -> VerifyReport:
             else:
                 owner[key] = name
 
+    fid = [a["fidelity"][a["status"] == STATUS_OK] for a in opened.values() if "fidelity" in a]
+    rep.fidelity = fidelity_summary(np.concatenate(fid)) if fid else None
+
     # 4. keys against the data
     if data is not None:
         rep.checks.append("keys-vs-data")
@@ -228,6 +233,10 @@ def _open_arrays(path: Path, done: dict, tokens: int, dim: int, dtype: str, P, n
         if frames:
             arrays["frames"] = g["frames"]
             arrays["frames_checksum"] = np.asarray(g["frames_checksum"][...])
+        if dtype == "int8":
+            arrays["latent_scales"] = g["latent_scales"]
+        if "fidelity" in g:
+            arrays["fidelity"] = np.asarray(g["fidelity"][...])
     except Exception as e:
         P(Problem(f"cannot open store arrays ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})", store=name))
         return None
@@ -238,7 +247,7 @@ def _open_arrays(path: Path, done: dict, tokens: int, dim: int, dtype: str, P, n
     if lat.dtype != stored_dtype(dtype):
         P(Problem(f"latents dtype {lat.dtype}, expected {stored_dtype(dtype)} for {dtype}", store=name))
         return None
-    for a in ROW_ARRAYS + (FRAME_ARRAYS if frames else ()):
+    for a in ROW_ARRAYS + tuple(k for k in OPTIONAL_ARRAYS if k in arrays):
         if arrays[a].shape[0] != n:
             P(Problem(f"{a} has {len(arrays[a])} rows, expected {n}", store=name))
             return None
@@ -332,12 +341,13 @@ def _check_rows(name: str, a: dict, dtype: str, P, progress, task, spec=None) ->
         stop = min(start + step, n)
         try:
             block = lat[start:stop]
-            rows_of = {r: block[r - start] for r in range(start, stop)}
+            scales = a["latent_scales"][start:stop] if "latent_scales" in a else None
+            rows_of = {r: (block[r - start], None if scales is None else scales[r - start]) for r in range(start, stop)}
         except Exception:
             rows_of = {}
             for r in range(start, stop):  # find which rows are damaged
                 try:
-                    rows_of[r] = lat[r]
+                    rows_of[r] = (lat[r], a["latent_scales"][r] if "latent_scales" in a else None)
                 except Exception as e:
                     if status[r] == STATUS_OK:
                         P(Problem(f"latents unreadable ({_short(e)})", store=name, row=r, key=a["key"][r]))
@@ -347,13 +357,13 @@ def _check_rows(name: str, a: dict, dtype: str, P, progress, task, spec=None) ->
             checked += 1
             if "frames" in a:
                 _check_frames(name, a, r, spec, P)
-            stored = rows_of[r]
+            stored, scale = rows_of[r]
             key = a["key"][r]
-            crc = row_checksum(stored)
+            crc = row_checksum(stored, scale)
             if crc != int(a["checksum"][r]):
                 P(Problem(f"checksum mismatch (stored crc32 {int(a['checksum'][r]):08x}, computed {crc:08x})", store=name, row=r, key=key))
                 continue
-            x = from_storage(stored, dtype)
+            x = from_storage(stored, dtype, scale)
             if not torch.isfinite(x).all():
                 P(Problem(f"{int((~torch.isfinite(x)).sum())} non-finite values", store=name, row=r, key=key))
                 continue
@@ -450,7 +460,7 @@ def _compare_reencoded(model, x, a: dict, r: int, name: str, key: str, dev, head
     try:
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             y = model(x[None].to(dev))[0].float().cpu()
-        stored = from_storage(a["latents"][r], header.dtype)
+        stored = from_storage(a["latents"][r], header.dtype, a["latent_scales"][r] if "latent_scales" in a else None)
     except Exception as e:  # a clip that does not tile, a damaged chunk
         P(Problem(f"cannot re-encode ({_short(e)})", store=name, row=r, key=key))
         return
