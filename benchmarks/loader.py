@@ -18,8 +18,11 @@ run, everything measured side by side on the same views and rows. Prints JSON wi
                         `CacheJoin` output) for comparison
 - cores_per_gpu_at_300: loader_ms_per_sample x 300 / 1000 (an H100 trains a ViT-L student on
                         cached targets at roughly 300 clips/s)
-- bytes_per_row:        on-disk bytes of a latent row per storage dtype, and bytes_per_view of
-                        the stored frames per format
+- bytes_per_row:        on-disk bytes of a latent row per storage dtype (int8: values + scales),
+                        and bytes_per_view of the stored frames per format
+- fidelity_vs_fp32:     int8 with per-channel scales (what the cache stores), int8 per token and
+                        fp8 e4m3 per token (not offered), float16: worst cosine, per-token
+                        cosine, relative error, relative error of the layer-normed target
 
 The cache is real (cache.json, Zarr stores, done records), written through the library's own
 `StoreWriter`, with one row per planned view of the video (same bytes under --views keys). Rows
@@ -175,14 +178,16 @@ def main(argv=None) -> dict:
             write_cache(tmp / f"cache-{fmt}", spec, video, info, keys, rows_of, shard, dim)
             caches[fmt] = tmp / f"cache-{fmt}"
         sizes = {}
-        for dt in ("float32", "float16", "bfloat16"):
+        for dt in ("float32", "float16", "bfloat16", "int8"):
             spec = replace(base, storage=replace(storage, dtype=dt), student_views=StudentViewsSpec())
             n = min(4, args.views)
             path = tmp / f"cache-{dt}"
             write_cache(path, spec, video, info, keys[:n], rows_of, shard, dim)
-            lat = next((path / STORES_DIR).glob("*.zarr")) / "latents"
-            chunks = ChunkReader(lat)
-            sizes[dt] = round(sum(len(chunks.encoded(r)) + 4 for r in range(n)) / n)
+            store = next((path / STORES_DIR).glob("*.zarr"))
+            parts = [ChunkReader(store / "latents")] + ([ChunkReader(store / "latent_scales")] if dt == "int8" else [])
+            sizes[dt] = round(sum(len(c.encoded(r)) + 4 for c in parts for r in range(n)) / n)
+            if dt == "int8":
+                int8_cache = path
 
         reader = CacheReader(caches[args.format])
         refs = [reader.rows(k)[0] for k in keys]
@@ -204,7 +209,33 @@ def main(argv=None) -> dict:
         codec_ts = _times(chunks.decode, encoded, args.passes)
         arr = zarr.open_array(store / "latents", mode="r")
         zarr_ts = _times(lambda r: arr[r.row], refs, args.passes)
-        row_bytes = reader.read_stored(refs[0]).numel() * reader.read_stored(refs[0]).element_size()
+        values, _ = reader.read_stored(refs[0])
+        row_bytes = values.numel() * values.element_size()
+        r8 = CacheReader(int8_cache)
+        refs8 = [r8.rows(k)[0] for k in keys[:4]]
+        int8_read_ms = _ms(_times(r8.read_stored, refs8, args.passes))
+
+        # int8 (and fp8) fidelity against the fp32 rows, and the per-token scale alternative
+        fid = {}
+        if not args.teacher:
+            from salt_cache.cache.store import fidelity, quantize_int8
+
+            def per_token_int8(x):
+                s = (x.abs().amax(-1, keepdim=True) / 127).clamp_min(1e-30)
+                return (x / s).round().clamp(-127, 127) * s
+
+            def fp8_per_token(x):
+                s = (x.abs().amax(-1, keepdim=True) / 448).clamp_min(1e-30)
+                return (x / s).to(torch.float8_e4m3fn).float() * s
+            quant = {"float16": lambda x: x.half().float(), "int8_per_channel": lambda x: (lambda q, s: q.float() * s)(*quantize_int8(x)),
+                     "int8_per_token": per_token_int8}
+            if hasattr(torch, "float8_e4m3fn"):
+                quant["fp8_e4m3_per_token"] = fp8_per_token
+            for name, q in quant.items():
+                vals = np.array([fidelity(synth[i], q(synth[i])) for i in range(min(4, args.views))])
+                fid[name] = {"worst_cosine": round(float(vals[:, 0].min()), 6), "worst_min_token_cosine": round(float(vals[:, 3].min()), 6),
+                             "worst_relative_error": round(float(vals[:, 1].max()), 5),
+                             "worst_target_relative_error": round(float(vals[:, 2].max()), 5)}
 
         # 4. one sample as a worker makes it: contract 9's compact tensors, then today's float32 join
         masks_ts = _times(lambda s: multiblock_masks(BATCH, base.grid, DEFAULT_MASKS, seed=s), list(range(5)), 1)
@@ -216,7 +247,8 @@ def main(argv=None) -> dict:
             rows = reader.rows(sample.key)
             ref = rows[0]
             reader.view(ref)
-            return {"frames": reader.frames(ref), "latents": reader.read_stored(ref), "view_index": ref.view_index}
+            values, scale = reader.read_stored(ref)
+            return {"frames": reader.frames(ref), "latents": values, "view_index": ref.view_index}
         join = CacheJoin(caches[args.format], seed=0)
         compact(samples[0]), join(samples[0], ctx)  # opens stores, builds the key index
         sample_ts = _times(compact, samples, args.passes)
@@ -252,7 +284,10 @@ def main(argv=None) -> dict:
         "loader_ms_per_sample_float32": round(_ms(join_ts) + mask_ms, 3),
         "cores_per_gpu_at_300": round(loader_ms * GPU_SAMPLES_PER_S / 1000, 2),
         "cores_per_gpu_at_300_source_decode": round((src_ms + read_ms + mask_ms) * GPU_SAMPLES_PER_S / 1000, 2),
+        "int8_latent_read_ms": int8_read_ms,
         "bytes_per_row": sizes,
+        "bytes_per_row_vs_fp32": {k: round(v / (base.tokens * dim * 4), 4) for k, v in sizes.items()},
+        "fidelity_vs_fp32": fid,
         "fp32_bytes_per_row": base.tokens * dim * 4,
         "build_view_frames_ms": _ms(build_ts),
         "host": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
