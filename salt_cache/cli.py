@@ -256,6 +256,10 @@ def verify(
     else:
         for p in rep.problems:
             typer.echo(p.line())
+        if rep.fidelity is not None:
+            from salt_cache.cache.tables import fidelity_line
+
+            console.print(fidelity_line(rep.fidelity))
         status = "[green]ok[/]" if rep.ok else f"[red]{len(rep.problems)} problem(s)[/]"
         console.print(f"{cache}: {status} ({rep.stores} stores, {rep.rows_checked} rows checked, "
                       f"{len(rep.reencoded)} re-encoded; checks: {', '.join(rep.checks)})")

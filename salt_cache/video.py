@@ -277,6 +277,23 @@ def decode_view(data: bytes, view: View) -> torch.Tensor:
     return normalize_clip(decode_view_uint8(data, view), view.mean, view.std)
 
 
+def view_frames(data: bytes, view: View) -> torch.Tensor:
+    """Video bytes + view -> the student-ready view: uint8 [T, size, size, 3], the pixels of
+    `decode_view_uint8` in the frame layout the stored views use (one HxWx3 image per frame)."""
+    return decode_view_uint8(data, view).permute(1, 2, 3, 0).contiguous()
+
+
+def frames_to_clip(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames [..., T, H, W, 3] -> uint8 clip [..., 3, T, H, W] (the loader's transport layout)."""
+    return frames.movedim(-1, -4).contiguous()
+
+
+def normalize_frames(frames: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 frames [..., T, H, W, 3] -> normalized float32 [..., 3, T, H, W], on their device:
+    `normalize_clip` of `frames_to_clip`, so stored views and decoded views see one arithmetic."""
+    return normalize_clip(frames_to_clip(frames), mean, std).contiguous()
+
+
 def denormalize(clip: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """[C, T, H, W] normalized -> [C, T, H, W] in [0, 1], for pictures."""
     import torch

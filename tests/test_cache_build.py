@@ -18,8 +18,8 @@ from salt_cache.cli import app
 from salt_cache.errors import SaltCacheError
 from salt_cache.shards import iter_shard, resolve_shards, shard_keys
 from salt_cache.spec import load_spec
-from salt_cache.video import decode_view, plan_view, probe_video
-from salt_cache.cache.store import OPTIONAL_ROW_ARRAYS, ROW_ARRAYS, done_path
+from salt_cache.video import normalize_frames, plan_view, probe_video, view_frames
+from salt_cache.cache.store import FRAME_ARRAYS, ROW_ARRAYS, done_path
 from test_cache_common import DIM, TOKENS, make_teacher, store_arrays, store_names, write_spec
 
 runner = CliRunner()
@@ -27,12 +27,24 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def built(demo, tmp_path_factory):
-    """demo/train (36 clips in 4 shards) x 2 views, float16, batch 3, 2 decoding workers."""
+    """demo/train (36 clips in 4 shards) x 2 views, float16, student-ready views stored as JPEG,
+    batch 3, 2 decoding workers."""
     root = tmp_path_factory.mktemp("cache_build")
     teacher = make_teacher(root / "teacher.pt")
-    spec = write_spec(root / "spec.yaml")
+    spec = write_spec(root / "spec.yaml", frames="jpeg")
     summary = build_cache(BuildConfig(teacher, demo / "train", spec, root / "cache", batch_size=3, workers=2))
     return {"root": root, "teacher": teacher, "spec": spec, "cache": root / "cache", "summary": summary}
+
+
+@pytest.fixture(scope="module")
+def built_source(demo, built, tmp_path_factory):
+    """One shard of demo/train x 2 views, float16, no student-ready views: Stage 2 decodes each
+    view from the source and checks it against the build's `view_crc`."""
+    root = tmp_path_factory.mktemp("cache_source")
+    spec = write_spec(root / "spec.yaml")
+    build_cache(BuildConfig(built["teacher"], [resolve_shards(demo / "train")[3]], spec, root / "cache",
+                            batch_size=3, workers=1))
+    return root / "cache"
 
 
 
@@ -53,8 +65,13 @@ def test_every_row_is_the_teacher_output_of_its_stored_view(built, demo, one_thr
                 view = reader.view(ref)
                 # contract 1: the stored view is exactly the planned one (frames, box, size, norm)
                 assert view == plan_view(key, ref.view_index, spec.seed, info, spec.clip)
+                # ... and the stored frames are that view of the source (through a JPEG q90 round trip)
+                frames = reader.frames(ref)
+                assert frames.dtype == torch.uint8 and frames.shape == (4, 32, 32, 3)
+                assert (frames.float() - view_frames(video, view).float()).abs().mean() < 6
+                # the row is the teacher's output on exactly those stored pixels
                 with torch.inference_mode():
-                    want = model(decode_view(video, view)[None])[0]
+                    want = model(normalize_frames(frames, view.mean, view.std)[None])[0]
                 got = reader.read(ref)
                 assert got.dtype == torch.float32 and got.shape == (TOKENS, DIM)
                 # float16 storage: each value within its rounding (2^-11 relative) plus fp32 noise
@@ -87,7 +104,7 @@ def test_rows_follow_shard_order_times_views_and_zarr_layout(built, demo):
         done = json.loads(done_path(built["cache"] / "stores" / name).read_text())
         with warnings.catch_warnings():  # the done record lies outside the Zarr hierarchy: listing it is quiet
             warnings.simplefilter("error")
-            assert sorted(n for n, _ in g.members()) == sorted(("latents",) + ROW_ARRAYS + OPTIONAL_ROW_ARRAYS)
+            assert sorted(n for n, _ in g.members()) == sorted(("latents", "fidelity") + ROW_ARRAYS + FRAME_ARRAYS)
         assert done["rows"] == 2 * len(keys) and done["digest"].startswith("sha256:")
         assert not (built["cache"] / "stores" / (name + ".partial")).exists()
 
@@ -187,7 +204,7 @@ def test_failed_clip_is_a_failed_row_and_shifts_nothing(built, demo, tmp_path):
 
 @pytest.mark.parametrize("dtype,codec", [("bfloat16", "zstd"), ("float32", "none")])
 def test_other_storage_dtypes_and_codecs(built, demo, tmp_path, dtype, codec):
-    spec = write_spec(tmp_path / "spec.yaml", dtype=dtype, codec=codec)
+    spec = write_spec(tmp_path / "spec.yaml", dtype=dtype, codec=codec, frames="jpeg")  # as `built`: the same teacher inputs
     data = resolve_shards(demo / "train")[3]  # one shard of 6 clips
     build_cache(BuildConfig(built["teacher"], [data], spec, tmp_path / "cache", batch_size=4, workers=1))
     g = zarr.open_group(tmp_path / "cache" / "stores" / "000000-shard-000003.zarr", mode="r")
@@ -320,46 +337,77 @@ def test_a_damaged_row_is_skipped_and_counted_up_to_the_limit(built, demo, tmp_p
             data.next()
 
 
-def test_the_loader_ships_uint8_clips_and_stored_latents_normalized_on_device_as_the_teacher_saw(built, demo):
+def _first_batch(cache, shards):
     from salt_cache.masks import DEFAULT_MASKS
-    from salt_cache.train.data import TrainStream, on_device
+    from salt_cache.train.data import TrainStream
     from salt_cache.train.student import CacheJoin
-    from salt_cache.video import View, decode_view, decode_view_uint8, view_crc
 
-    shards = resolve_shards(demo / "train")
-    join = CacheJoin(built["cache"], seed=0)
+    join = CacheJoin(cache, seed=0)
     stream = TrainStream(shards, join, 3, (2, 4, 4), DEFAULT_MASKS, seed=0, rank=0, world_size=1, workers=1,
                          shuffle_buffer=4)
     batch = next(stream.batches(split=0, n_splits=1))
-    assert batch["clip"].dtype == torch.uint8 and batch["latents"].dtype == torch.float16
-    videos = {k: v for p in shards for k, v, _ in iter_shard(p)}
     reader = join.reader
     refs = [next(r for r in reader.rows(k) if r.view_index == v) for k, v in zip(batch["keys"], batch["view_index"])]
+    return reader, batch, refs
+
+
+def test_the_loader_ships_uint8_clips_and_stored_latents_normalized_on_device_as_the_teacher_saw(built, built_source, demo):
+    from salt_cache.train.data import on_device
+    from salt_cache.video import decode_view, decode_view_uint8, view_crc
+
+    # stored student-ready views (`built`): the uint8 stored frames, normalized on the device the
+    # way the build normalized them for the teacher
+    reader, batch, refs = _first_batch(built["cache"], resolve_shards(demo / "train"))
+    assert batch["clip"].dtype == torch.uint8 and batch["latents"].dtype == torch.float16
+    assert "latent_scale" not in batch
+    views = [reader.view(r) for r in refs]
+    ready = on_device(batch, torch.device("cpu"))
+    want = torch.stack([normalize_frames(reader.frames(r), v.mean, v.std) for r, v in zip(refs, views)])
+    assert ready["clip"].dtype == torch.float32 and torch.equal(ready["clip"], want)  # bit for bit
+    assert torch.equal(ready["latents"].float(), torch.stack([reader.read(r) for r in refs]))
+    # the stored frames' checksum is their view's digest: no source decode, no view_crc
+    assert all(reader.view_crc(r) is None for r in refs)
+
+    # no stored views (`built_source`): the view decoded from the source, checked against the
+    # CRC of exactly the uint8 pixels the build fed the teacher
+    shards = [resolve_shards(demo / "train")[3]]
+    reader, batch, refs = _first_batch(built_source, shards)
+    assert batch["clip"].dtype == torch.uint8 and batch["latents"].dtype == torch.float16
+    videos = {k: v for p in shards for k, v, _ in iter_shard(p)}
     views = [reader.view(r) for r in refs]
     ready = on_device(batch, torch.device("cpu"))
     want = torch.stack([decode_view(videos[k], v) for k, v in zip(batch["keys"], views)])
     assert ready["clip"].dtype == torch.float32 and torch.equal(ready["clip"], want)  # bit for bit
     assert torch.equal(ready["latents"].float(), torch.stack([reader.read(r) for r in refs]))
-    # the build recorded the CRC of exactly these uint8 pixels
     assert all(reader.view_crc(r) == view_crc(decode_view_uint8(videos[k], v))
                for r, k, v in zip(refs, batch["keys"], views))
 
 
-def test_stage2_refuses_a_view_that_decodes_to_other_pixels(built, demo, tmp_path):
+def test_stage2_refuses_a_view_that_decodes_to_other_pixels(built, built_source, demo, tmp_path):
     import shutil
 
+    from salt_cache.shards.read import Sample
     from salt_cache.train.data import StageContext
     from salt_cache.train.student import CacheJoin
 
-    cache = tmp_path / "cache"
-    shutil.copytree(built["cache"], cache)
+    # a source decode whose CRC differs from the build's
+    cache = tmp_path / "source"
+    shutil.copytree(built_source, cache)
     store = sorted((cache / "stores").glob("*.zarr"))[0]
     crc = zarr.open_group(store, mode="r+", zarr_format=3)["view_crc"]
     crc[...] = np.asarray(crc[...]) ^ 1  # as if the pixels decoded by this machine were others
-    key, video, meta = next(iter_shard(resolve_shards(demo / "train")[0]))
-    from salt_cache.shards.read import Sample
-
+    key, video, meta = next(iter_shard(resolve_shards(demo / "train")[3]))
     with pytest.raises(SaltCacheError, match=f"^{key}: the decoded view .* differs from the pixels the teacher saw"):
+        CacheJoin(cache, seed=0)(Sample(key, video, meta), StageContext(epoch=0, train=True))
+
+    # stored frames whose pixels differ from the ones the teacher encoded
+    cache = tmp_path / "stored"
+    shutil.copytree(built["cache"], cache)
+    store = sorted((cache / "stores").glob("*.zarr"))[0]
+    crc = zarr.open_group(store, mode="r+", zarr_format=3)["frames_checksum"]
+    crc[...] = np.asarray(crc[...]) ^ 1
+    key, video, meta = next(iter_shard(resolve_shards(demo / "train")[0]))
+    with pytest.raises(SaltCacheError, match="stored frames decode to other pixels than the teacher encoded"):
         CacheJoin(cache, seed=0)(Sample(key, video, meta), StageContext(epoch=0, train=True))
 
 

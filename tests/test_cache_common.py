@@ -23,12 +23,15 @@ seed: 0
 patch_size: {patch}
 tubelet_size: 2
 storage: {{dtype: {dtype}, codec: {codec}, level: 3, rows_per_shard: 4}}
+student_views: {{format: {frames}}}
 """
 TOKENS, DIM = 32, 96
 
 
-def write_spec(path: Path, views: int = 2, patch: int = 8, dtype: str = "float16", codec: str = "blosc-zstd") -> Path:
-    path.write_text(SPEC_YAML.format(views=views, patch=patch, dtype=dtype, codec=codec))
+def write_spec(path: Path, views: int = 2, patch: int = 8, dtype: str = "float16", codec: str = "blosc-zstd",
+               frames: str = "none") -> Path:
+    """frames: student_views.format (none: Stage 2 decodes the source; jpeg or raw: stored views)."""
+    path.write_text(SPEC_YAML.format(views=views, patch=patch, dtype=dtype, codec=codec, frames=frames))
     return path
 
 

@@ -12,7 +12,7 @@ def test_shipped_specs_load_with_their_grids():
     assert (demo.grid, demo.tokens, demo.views) == ((4, 8, 8), 256, 2)
     assert (demo.clip.frames, demo.clip.frame_step, demo.clip.size, demo.clip.crop) == (8, 2, 64, "random-resized")
     assert demo.clip.scale == (0.5, 1.0) and demo.clip.ratio == (0.75, 1.35)
-    assert demo.storage == StorageSpec()  # float16, blosc-zstd level 3, 64 rows per shard
+    assert demo.storage == StorageSpec()  # float16, blosc-zstd level 5 byte shuffle, 64 rows per shard
     probe = load_spec("demo-probe")
     assert (probe.clip.crop, probe.views, probe.tokens) == ("center", 1, 256)
     paper = load_spec("vitl-16x224")
@@ -36,7 +36,7 @@ def test_overrides_and_default_name(tmp_path):
 
 @pytest.mark.parametrize("text,expected", [
     ("clip: {frames: 8, frame_step: 2, size: 64}\nstorage: {dtyp: float16}\n", "storage.dtyp: unknown field"),
-    ("clip: {frames: 8, frame_step: 2, size: 64}\nstorage: {dtype: int8}\n", "storage.dtype: expected one of"),
+    ("clip: {frames: 8, frame_step: 2, size: 64}\nstorage: {dtype: int4}\n", "storage.dtype: expected one of"),
     ("clip: {frames: 8, frame_step: 2, size: 36}\npatch_size: 16\n", "clip.size: 36 px is not divisible by patch_size 16"),
     ("clip: {frames: 7, frame_step: 2, size: 64}\n", "clip.frames: 7 is not divisible by tubelet_size 2"),
     ("clip: {frames: 8, frame_step: 2, size: 64, crop: middle}\n", "clip.crop: expected 'center' or 'random-resized'"),

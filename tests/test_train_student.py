@@ -42,6 +42,16 @@ def cached(demo, tmp_path_factory):
     return root, teacher, root / "cache"
 
 
+@pytest.fixture(scope="module")
+def cached_jpeg(demo, cached, tmp_path_factory):
+    """The same teacher's float32 cache with student-ready views stored as JPEG: Stage 2 reads the
+    stored frames (the teacher encoded exactly their decoded pixels), not the source."""
+    root = tmp_path_factory.mktemp("stage2_jpeg")
+    spec = write_spec(root / "spec.yaml", views=2, patch=8, dtype="float32", frames="jpeg")
+    build_cache(BuildConfig(cached[1], [str(demo / "train"), str(demo / "val")], spec, root / "cache", batch_size=8, workers=1))
+    return root, cached[1], root / "cache"
+
+
 def student_flags(demo, cache, **over) -> dict:
     flags = {"cache": str(cache), "model.name": "micro", "model.patch_size": 8, "clip.frames": 4, "clip.size": 32,
              "predictor.embed_dim": 64, "predictor.depth": 1, "predictor.num_heads": 4, "batch_size": 8,
@@ -64,8 +74,9 @@ def joined_batch(demo, cache, n=4, latents=True) -> dict:
     return on_device(batch, torch.device("cpu"))  # the uint8 clip normalized, as the trainer does
 
 
-def test_no_leak_target_pixels_move_neither_context_outputs_nor_loss(demo, cached):
-    _, _, cache = cached
+@pytest.mark.parametrize("which", ["cached", "cached_jpeg"])
+def test_no_leak_target_pixels_move_neither_context_outputs_nor_loss(demo, which, request):
+    _, _, cache = request.getfixturevalue(which)
     torch.manual_seed(0)
     model = build_model(student_config(demo, cache), teacher_dim=96).eval()
     batch = joined_batch(demo, cache)
@@ -82,8 +93,9 @@ def test_no_leak_target_pixels_move_neither_context_outputs_nor_loss(demo, cache
             assert torch.equal(model(one)[0], model(changed)[0])
 
 
-def test_cached_and_online_teacher_give_the_same_loss(demo, cached):
-    _, teacher_path, cache = cached
+@pytest.mark.parametrize("which", ["cached", "cached_jpeg"])  # views decoded from the source, or stored
+def test_cached_and_online_teacher_give_the_same_loss(demo, which, request):
+    _, teacher_path, cache = request.getfixturevalue(which)
     teacher, _ = load_encoder(teacher_path)
     cfg = student_config(demo, cache)
     torch.manual_seed(0)

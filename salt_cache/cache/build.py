@@ -29,7 +29,7 @@ from salt_cache.cache.header import CACHE_JSON, CacheHeader
 from salt_cache.cache.index import write_index
 from salt_cache.cache.manifest import add_store, compatibility_problem, make_header, refresh_manifest
 from salt_cache.cache.source import ClipDataset, ClipItem
-from salt_cache.cache.store import STORES_DIR, StoreWriter, clear_partial, read_done, store_name
+from salt_cache.cache.store import STORES_DIR, StoreWriter, clear_partial, merge_fidelity, read_done, store_name
 from salt_cache.checkpoint import file_sha256, load_encoder
 from salt_cache.errors import SaltCacheError
 from salt_cache.shards import index_shard, resolve_shards
@@ -71,6 +71,7 @@ class BuildSummary:
     wall_s: float = 0.0
     encode_s: float = 0.0  # from the first clip asked of the decoders to the last store written (rank 0)
     clips_per_s: float = 0.0  # clips_built / encode_s: the rate the progress bar shows
+    fidelity: dict | None = None  # stored latents vs the fp32 teacher output (`store.merge_fidelity`)
     rank: int = 0
     world_size: int = 1
 
@@ -239,12 +240,14 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
                          total=len(items)) if show else None
 
     views, dim = spec.views, header.teacher_dim
-    batch: list[tuple[StoreWriter, int, str, int, dict, str, int, torch.Tensor]] = []
+    # (writer, row, key, view index, view, meta, encoded frames | None, frames digest | None,
+    #  view CRC | None, teacher input)
+    batch: list[tuple[StoreWriter, int, str, int, dict, str, list | None, int | None, int | None, torch.Tensor]] = []
     doc = CacheHeader.read(out) if env.is_main else None
 
     def put_batch(rows: list, y: torch.Tensor) -> None:
-        for (w, row, key, v, view, meta, crc, _), latents in zip(rows, y):
-            w.put_ok(row, key, v, view, meta, latents, crc=crc)
+        for (w, row, key, v, view, meta, frames, digest, crc, _), latents in zip(rows, y):
+            w.put_ok(row, key, v, view, meta, latents, frames=frames, frames_digest=digest, crc=crc or 0)
 
     def flush() -> None:
         if batch:
@@ -255,7 +258,7 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
     from torch.utils.data import DataLoader
 
     loader = DataLoader(
-        ClipDataset(items, spec.clip, views, spec.seed), batch_size=None, shuffle=False,
+        ClipDataset(items, spec.clip, views, spec.seed, spec.student_views), batch_size=None, shuffle=False,
         num_workers=workers, prefetch_factor=4 if workers else None, timeout=DECODE_TIMEOUT_S if workers else 0,
     )
     it = iter(loader)
@@ -269,7 +272,7 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
                      "views": views, "grid": list(spec.grid),
                      "tokens": spec.tokens, "dim": dim, "dtype": spec.storage.dtype}
             w = StoreWriter(root / store_name(i, shards[i]), len(samples[i]) * views, spec.tokens, dim,
-                            spec.storage, attrs)
+                            spec.storage, attrs, spec.student_views, spec.clip.frames)
             for _ in samples[i]:
                 item = items[k]
                 k += 1
@@ -283,7 +286,8 @@ def _run(model, spec: CacheSpec, shards: list[Path], out: Path, header: CacheHea
                     if res["x"][v] is None:
                         writer.submit(w.put_failed, row, item.tar.key, v, res["views"][v], res["meta"], res["reasons"][v])
                     else:
-                        batch.append((w, row, item.tar.key, v, res["views"][v], res["meta"], res["crc"][v], res["x"][v]))
+                        batch.append((w, row, item.tar.key, v, res["views"][v], res["meta"], res["frames"][v],
+                                      res["digests"][v], res["crc"][v], res["x"][v]))
                         if len(batch) == batch_size:
                             flush()
                 if show:
@@ -381,4 +385,5 @@ def _summarize(out: Path, doc: CacheHeader, skipped: int, cleared: int, built: i
         bytes_per_row=nbytes / rows if rows else 0.0, fp32_bytes_per_row=doc.tokens * doc.teacher_dim * 4,
         clips_built=clips_built, rows_built=rows_built, wall_s=round(wall, 3), encode_s=round(encode_s, 3),
         clips_per_s=round(clips_built / encode_s, 3) if encode_s > 0 else 0.0, rank=env.rank, world_size=env.world_size,
+        fidelity=merge_fidelity(s.get("fidelity") for s in stores.values()),
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from salt_cache.cache.header import CacheHeader
 from salt_cache.cache.manifest import stray_entries
+from salt_cache.cache.store import merge_fidelity
 from salt_cache.diagnostics import MAX_TOKEN_ROWS
 
 RANK_SAMPLE = 256  # rows read for the rank diagnostics
@@ -41,7 +42,8 @@ def latent_ranks(cache: Path, rows: int = RANK_SAMPLE, max_rows: int = MAX_TOKEN
 
 
 def describe_cache(cache: Path, rank_sample: int = RANK_SAMPLE) -> dict:
-    """-> {"cache", "status", "spec", "fingerprint", "counts", "bytes", "stores": [...],
+    """-> {"cache", "status", "spec", "fingerprint", "counts", "bytes", "fidelity" (the stored
+    latents against the fp32 teacher output, worst row and mean; None for older caches), "stores": [...],
     "failures": [...], "missing_stores": [...], "stray": [...], "ranks": `latent_ranks` of
     `rank_sample` rows (None for 0)}."""
     cache = Path(cache)
@@ -76,6 +78,9 @@ def describe_cache(cache: Path, rank_sample: int = RANK_SAMPLE) -> dict:
             "dtype": h.dtype, "stored_dtype": h.storage.get("stored_dtype"),
             "codec": h.storage.get("codec"), "level": h.storage.get("level"),
             "rows_per_shard": h.storage.get("rows_per_shard"), "codecs": h.storage.get("codecs"),
+            "shuffle": h.spec.storage.shuffle,
+            "student_views": (f"{h.spec.student_views.format}" + (f" quality {h.spec.student_views.quality}"
+                              if h.spec.student_views.format == "jpeg" else "")) if h.spec.student_views.stored else None,
             "versions": dict(h.versions), "build": dict(h.build),
         },
         "counts": {
@@ -86,6 +91,7 @@ def describe_cache(cache: Path, rank_sample: int = RANK_SAMPLE) -> dict:
         "bytes": {"on_disk": on_disk, "raw_fp32": rows * fp32_row,
                   "bytes_per_row": on_disk / rows if rows else 0.0, "fp32_bytes_per_row": fp32_row,
                   "ratio_vs_fp32": on_disk / (rows * fp32_row) if rows else 0.0},
+        "fidelity": merge_fidelity(e.get("fidelity") for e in stores.values()),
         "stores": per_store,
         "failures": failures,
         "missing_stores": [s.store for s in h.shards if s.store not in stores],

@@ -57,7 +57,10 @@ def make_header(spec: CacheSpec, teacher_file: Path, teacher_sha256: str, teache
         storage={"dtype": st.dtype, "stored_dtype": stored_dtype(st.dtype).name, "codec": st.codec,
                  "level": st.level, "rows_per_shard": st.rows_per_shard, "chunk_rows": 1,
                  "codecs": codecs_description(st),
-                 "row_checksum": "crc32 of the row's stored bytes, little-endian",
+                 "shuffle": st.shuffle,
+                 **({"scales": "latent_scales [rows, D] float32: value = int8 x scale of its channel"}
+                    if st.dtype == "int8" else {}),
+                 "row_checksum": "crc32 of the row's stored bytes, little-endian (int8: values then scales)",
                  "stats": "mean, population std and L2 norm of the fp32 teacher output"},
         shards=entries, versions=package_versions(), build=dict(build),
     )

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from salt_cache.cache.chunks import ChunkError, ChunkReader, UnsupportedLayout
 from salt_cache.cache.header import CacheHeader
 from salt_cache.cache.index import KeyIndex, build_index, open_index
-from salt_cache.cache.store import STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage, open_group
+from salt_cache.cache.store import STATUS_NAMES, STATUS_OK, STORES_DIR, from_storage, open_group, stored_to_tensor
 from salt_cache.errors import DamagedRow, SaltCacheError
 from salt_cache.spec import CacheSpec
 from salt_cache.video import View
@@ -46,7 +47,13 @@ class CacheReader:
 
     header: the cache.json record (`CacheHeader`); teacher_dim, grid (T', H', W'), tokens, spec; keys()
     (clips with >= 1 ok row, sorted), rows(key) -> [RowRef] (ok rows), view(ref) -> View,
-    read(ref) -> float32 [tokens, D], meta(key) -> the clip's shard-sample dict, counts()."""
+    read(ref) -> float32 [tokens, D], read_stored(ref) -> the row in its stored dtype,
+    meta(key) -> the clip's shard-sample dict, counts().
+
+    A read is: key -> (store, row, view) from the memory-mapped key index -> the row's chunk by
+    byte range from the Zarr shard index, decoded in this process (`cache.chunks.ChunkReader`:
+    crc32c checked, 3-5x zarr's own read of one row); a store laid out otherwise is read through
+    zarr. A chunk that fails its checksum raises `DamagedRow` (Stage 2 skips and counts it)."""
 
     def __init__(self, cache_dir: Path | str):
         self.root = Path(cache_dir)
@@ -101,6 +108,21 @@ class CacheReader:
                 g = self._groups[store] = {"group": grp, "latents": grp["latents"]}
             except Exception as e:
                 raise SaltCacheError(f"{path}: cannot open store ({type(e).__name__}: {str(e)[:120]})") from None
+            try:
+                g["chunks"] = ChunkReader(path / "latents")
+            except UnsupportedLayout:
+                g["chunks"] = None  # not our layout (a foreign or future codec): zarr reads it
+            if self.dtype == "int8":
+                try:
+                    g["scales"] = ChunkReader(path / "latent_scales")
+                except UnsupportedLayout as e:
+                    raise SaltCacheError(f"{path}: int8 latents without readable latent_scales ({e})") from None
+            if self.has_frames:
+                try:
+                    g["frames"] = ChunkReader(path / "frames")
+                    g["frames_checksum"] = np.asarray(grp["frames_checksum"][...])
+                except (UnsupportedLayout, KeyError) as e:
+                    raise SaltCacheError(f"{path}: student-ready views are missing or unreadable ({e})") from None
         return g
 
     def _string_array(self, store: str, name: str) -> np.ndarray:
@@ -182,27 +204,73 @@ class CacheReader:
         return View.from_dict(json.loads(raw))
 
     def view_crc(self, ref: RowRef) -> int | None:
-        """CRC-32 of the row's uint8 view as the build decoded it (`video.view_crc`); None for a
-        store written before it was recorded."""
+        """CRC-32 of the row's uint8 view as the build decoded it from the source (`video.view_crc`);
+        None for a store that does not record it: one written before it existed, or one with
+        student-ready views, whose `frames_checksum` covers the view instead (checked by `frames`)."""
         try:
             a = self._small_array(ref.store, "view_crc")
         except KeyError:
             a = self._strings[(ref.store, "view_crc")] = np.zeros(0, dtype=np.uint32)  # remembered: absent
         return int(a[ref.row]) if len(a) else None
 
-    def read(self, ref: RowRef, upcast: bool = True) -> torch.Tensor:
-        """Latents of one row -> float32 [tokens, D] (one chunk read); `upcast` False: in the
-        stored dtype (float16 / bfloat16 / float32), for the loader to ship. Refuses a row whose
-        status is not ok: unwritten chunks read back as zeros without any error."""
+    def _require_ok(self, ref: RowRef) -> None:
         s = self.status(ref)
         if s != "ok":
             key = self._string_array(ref.store, "key")[ref.row]
             raise SaltCacheError(f"{ref.store} row {ref.row} ({key}): status {s}, not ok")
+
+    def read_array(self, ref: RowRef) -> tuple[np.ndarray, np.ndarray | None]:
+        """The row's stored values as numpy, exactly as stored ([tokens, D]; float16, float32,
+        uint16 bfloat16 bits or int8) and, for int8, its per-channel float32 scales [D] (else
+        None). Refuses a row whose status is not ok: unwritten chunks read back as zeros
+        without any error."""
+        self._require_ok(ref)
+        g = self._group(ref.store)
         try:
-            a = self._group(ref.store)["latents"][ref.row]
-        except Exception as e:  # a damaged chunk fails its crc32c
+            values = g["chunks"].read(ref.row) if g["chunks"] is not None else g["latents"][ref.row]
+            scale = g["scales"].read(ref.row) if "scales" in g else None
+        except (ChunkError, OSError, ValueError, RuntimeError) as e:  # a damaged chunk fails its crc32c
             raise DamagedRow(f"{ref.store} row {ref.row}: unreadable latents ({type(e).__name__}: {str(e)[:120]})") from None
-        return from_storage(a, self.dtype, upcast)
+        return values, scale
+
+    @property
+    def has_frames(self) -> bool:
+        """The cache stores student-ready views (`frames(ref)`): Stage 2 need not decode the source."""
+        return self.spec.student_views.stored
+
+    def frames(self, ref: RowRef) -> torch.Tensor:
+        """The row's student-ready view: uint8 [T, S, S, 3], exactly the pixels its teacher
+        encoded (their CRC-32C is checked on every read). Normalize with
+        `video.normalize_frames(frames, view.mean, view.std)`, in a worker or on the device."""
+        from salt_cache.cache.frames import decode_frames, frames_digest
+
+        if not self.has_frames:
+            raise SaltCacheError(f"{self.root}: this cache stores no student-ready views (spec student_views.format is none)")
+        self._require_ok(ref)
+        g = self._group(ref.store)
+        try:
+            items = g["frames"].read(ref.row)
+        except (ChunkError, OSError, ValueError) as e:  # damaged bytes: one row lost, like latents
+            raise DamagedRow(f"{ref.store} row {ref.row}: unreadable stored frames ({type(e).__name__}: {str(e)[:120]})") from None
+        sv = self.spec.student_views
+        frames = decode_frames(items, sv.format, self.spec.clip.size)
+        if frames_digest(frames) != int(g["frames_checksum"][ref.row]):
+            raise SaltCacheError(f"{ref.store} row {ref.row}: stored frames decode to other pixels than the teacher encoded "
+                                 f"(checksum mismatch: a different {sv.format} decoder than the build's?)")
+        return frames
+
+    def read(self, ref: RowRef) -> torch.Tensor:
+        """Latents of one row -> float32 [tokens, D] (one chunk read; int8 times its scales)."""
+        values, scale = self.read_array(ref)
+        return from_storage(values, self.dtype, scale)
+
+    def read_stored(self, ref: RowRef) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Latents of one row in their stored dtype: (values [tokens, D] float16 | float32 |
+        bfloat16 | int8, per-channel float32 scale [D] for int8 else None), no copy beyond the
+        decode. What a DataLoader worker should ship (a half or a quarter of the float32 bytes);
+        `cache.store.dequantize(values, scale)` upcasts them on the device."""
+        values, scale = self.read_array(ref)
+        return stored_to_tensor(values, self.dtype), (torch.from_numpy(scale) if scale is not None else None)
 
     def read_key(self, key: str, view_index: int | None = None) -> tuple[RowRef, torch.Tensor]:
         """Convenience: the row of `key` with `view_index` (default: its first ok row) and its latents."""

@@ -18,7 +18,10 @@ from torch.utils.data import Dataset
 
 from salt_cache.errors import DecodeError, SaltCacheError
 from salt_cache.shards.read import TarSample, read_member, read_meta
-from salt_cache.video import VIDEO_EXTENSIONS, ClipSpec, clip_info, decode_view_uint8, normalize_clip, plan_view, view_crc
+from salt_cache.spec import StudentViewsSpec
+from salt_cache.video import (
+    VIDEO_EXTENSIONS, ClipSpec, clip_info, decode_view_uint8, normalize_clip, normalize_frames, plan_view, view_crc,
+)
 
 
 @dataclass(frozen=True)
@@ -36,15 +39,21 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
-def load_clip(item: ClipItem, clip: ClipSpec, views: int, seed: int) -> dict:
+def load_clip(item: ClipItem, clip: ClipSpec, views: int, seed: int, student_views: StudentViewsSpec | None = None) -> dict:
     """Read, probe, plan and decode every view of one clip.
 
     Returns {"meta": JSON string, "views": [View dict | None] * views,
-             "x": [float32 [C, T, S, S] | None] * views, "crc": [int | None] * views (`view_crc`
-             of each view's uint8 pixels, which `x` normalizes), "reasons": [str | None] * views}.
+             "x": [float32 [C, T, S, S] | None] * views, "reasons": [str | None] * views,
+             "frames": [[bytes] * T | None] * views, "digests": [int | None] * views,
+             "crc": [int | None] * views}.
+    With student-ready views, x is the normalized round trip of the stored frames (what the
+    student will read back), "frames" the encoded frames and "digests" their pixels' CRC-32C
+    (the view's digest); otherwise x normalizes `decode_view_uint8` of the source, "crc" is
+    `view_crc` of those uint8 pixels and "frames" stay None.
     A failure is recorded per view with its reason; nothing raises for a bad clip."""
-    out = {"meta": "{}", "views": [None] * views, "x": [None] * views, "crc": [None] * views,
-           "reasons": [None] * views}
+    out = {"meta": "{}", "views": [None] * views, "x": [None] * views, "reasons": [None] * views,
+           "frames": [None] * views, "digests": [None] * views, "crc": [None] * views}
+    stored = student_views if student_views is not None and student_views.stored else None
 
     def fail_all(reason: str) -> dict:
         out["reasons"] = [reason] * views
@@ -74,13 +83,22 @@ def load_clip(item: ClipItem, clip: ClipSpec, views: int, seed: int) -> dict:
             view = plan_view(tar.key, v, seed, info, clip)
             out["views"][v] = view.to_dict()
             pixels = decode_view_uint8(data, view)
-            x = normalize_clip(pixels, view.mean, view.std)
+            if stored is None:
+                x = normalize_clip(pixels, view.mean, view.std)
+            else:
+                from salt_cache.cache.frames import round_trip
+
+                items, frames, digest = round_trip(pixels.permute(1, 2, 3, 0).contiguous(), stored.format, stored.quality)
+                x = normalize_frames(frames, view.mean, view.std)
             if tuple(x.shape) != expected:
                 raise DecodeError(tar.key, f"decoded clip has shape {tuple(x.shape)}, expected {expected}")
             if not torch.isfinite(x).all():
                 raise DecodeError(tar.key, "decoded clip has non-finite values")
             out["x"][v] = x
-            out["crc"][v] = view_crc(pixels)
+            if stored is None:
+                out["crc"][v] = view_crc(pixels)
+            else:
+                out["frames"][v], out["digests"][v] = items, digest
         except DecodeError as e:
             out["reasons"][v] = e.reason
         except Exception as e:
@@ -92,11 +110,13 @@ class ClipDataset(Dataset):
     """Map-style dataset over the clips of a build, in store then sample order; item i is
     `load_clip(items[i], ...)`. Holds only paths and offsets, so it forks and pickles cheaply."""
 
-    def __init__(self, items: list[ClipItem], clip: ClipSpec, views: int, seed: int):
+    def __init__(self, items: list[ClipItem], clip: ClipSpec, views: int, seed: int,
+                 student_views: StudentViewsSpec | None = None):
         self.items, self.clip, self.views, self.seed = items, clip, views, seed
+        self.student_views = student_views
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
-        return load_clip(self.items[i], self.clip, self.views, self.seed)
+        return load_clip(self.items[i], self.clip, self.views, self.seed, self.student_views)

@@ -2,19 +2,35 @@
 
 Layout of `CACHE/stores/<NNNNNN>-<shard stem>.zarr` (a Zarr group):
 
-    latents     [rows, tokens, D]  float16 | float32 | uint16 (bfloat16 bits, attribute `dtype`)
+    latents     [rows, tokens, D]  float16 | float32 | uint16 (bfloat16 bits) | int8 (attribute `dtype`)
                 chunks of one row; sharding codec, `rows_per_shard` rows per shard file;
                 inner chunks: bytes -> compressor -> crc32c, so a damaged chunk fails to read
+    latent_scales [rows, D] float32  int8 only: per-channel scale, value = int8 x scale (sharded
+                like the latents, one row per chunk)
+    fidelity    [rows, 4] float32  the stored row against the fp32 teacher output: cosine, relative
+                L2 error, relative L2 error of the layer-normed target Stage 2 regresses, and the
+                smallest per-token cosine (computed in float64; absent in stores written before)
     key         [rows] string      clip key (webdataset `__key__`)
     view_index  [rows] int32       view number within the clip
     view        [rows] string      JSON of `View.to_dict()` ("" when the view could not be planned)
     status      [rows] uint8       0 missing (never written: the fill value), 1 ok, 2 failed
     reason      [rows] string      why a row failed ("" when ok)
     stats       [rows, 3] float32  mean, std (population), L2 norm of the fp32 teacher output
-    checksum    [rows] uint32      CRC-32 of the row's stored bytes (little-endian)
+    checksum    [rows] uint32      CRC-32 of the row's stored bytes (little-endian; for int8 the
+                                   values' bytes, then the scales')
     meta        [rows] string      the clip's shard-sample JSON (source, label, frames, ...)
-    view_crc    [rows] uint32      CRC-32 of the view's decoded uint8 pixels [C, T, H, W], what the
-                                   teacher saw before normalization (stores of older builds lack it)
+    view_crc    [rows] uint32      CRC-32 of the view's uint8 pixels [C, T, H, W] decoded from the
+                                   source, what the teacher saw before normalization (absent from
+                                   stores of older builds, and from stores with student-ready
+                                   views: there `frames_checksum` is the view's one digest)
+
+and, when the spec stores student-ready views (`student_views.format` jpeg or raw, see
+`salt_cache.cache.frames`):
+
+    frames          [rows, T] bytes   one encoded frame per item, sharded like the latents (one
+                                      row per chunk, crc32c per chunk; raw frames Blosc-lz4)
+    frames_checksum [rows] uint32     CRC-32C of the row's decoded uint8 frames [T, S, S, 3]:
+                                      what the teacher encoded
 
 and beside it, outside the Zarr hierarchy (zarr warns about foreign files inside one):
 
@@ -43,7 +59,7 @@ import numpy as np
 import torch
 
 from salt_cache.errors import SaltCacheError
-from salt_cache.spec import StorageSpec
+from salt_cache.spec import StorageSpec, StudentViewsSpec
 
 STORE_FORMAT = "salt-cache/store"
 STORE_VERSION = 1
@@ -56,10 +72,14 @@ LEGACY_DONE_NAME = "done.json"  # where stores written before the record moved o
 STATUS_MISSING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 STATUS_NAMES = {STATUS_MISSING: "missing", STATUS_OK: "ok", STATUS_FAILED: "failed"}
 ROW_ARRAYS = ("key", "view_index", "view", "status", "reason", "stats", "checksum", "meta")
-OPTIONAL_ROW_ARRAYS = ("view_crc",)  # absent from stores written before it existed
+FRAME_ARRAYS = ("frames", "frames_checksum")  # only in stores with student-ready views
+# absent from older stores, other dtypes, or (view_crc) stores whose frames_checksum covers the view
+OPTIONAL_ARRAYS = ("fidelity", "latent_scales", "view_crc") + FRAME_ARRAYS
 
-# unit roundoff of each storage dtype: the largest relative error of one stored value
-ROUNDOFF = {"float32": 0.0, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+# unit roundoff of each storage dtype: the largest relative error of one stored value (int8: half
+# a step of a channel whose largest value is 127 steps, relative to that value)
+ROUNDOFF = {"float32": 0.0, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8, "int8": 1.0 / 254}
+FIDELITY = ("cosine", "relative_error", "target_relative_error", "min_token_cosine")
 
 
 def store_name(index: int, shard: Path) -> str:
@@ -70,33 +90,108 @@ def store_name(index: int, shard: Path) -> str:
 
 def stored_dtype(dtype: str) -> np.dtype:
     """Zarr dtype that holds latents of spec dtype `dtype` (bfloat16 travels as its uint16 bits)."""
-    return np.dtype({"float16": "<f2", "float32": "<f4", "bfloat16": "<u2"}[dtype])
+    return np.dtype({"float16": "<f2", "float32": "<f4", "bfloat16": "<u2", "int8": "i1"}[dtype])
 
 
-def to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
-    """fp32 latents [..., D] -> numpy array in the stored representation."""
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 row [tokens, D] -> (int8 [tokens, D], float32 scale [D]): symmetric, one scale per
+    channel (its largest magnitude over the row / 127). Per channel, not per token: trained ViTs
+    have a few channels far larger than the rest, and a per-token scale spends the 8 bits on them
+    (benchmarks/loader.py reports both)."""
+    scale = (x.abs().amax(dim=-2) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+    return (x / scale).round_().clamp_(-127, 127).to(torch.int8), scale
+
+
+def to_storage(x: torch.Tensor, dtype: str) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """fp32 latents [..., D] -> numpy array in the stored representation; for int8 the pair
+    (int8 values, float32 per-channel scales)."""
     x = x.detach().to("cpu", torch.float32)
+    if dtype == "int8":
+        q, scale = quantize_int8(x)
+        return q.numpy(), scale.numpy()
     if dtype == "bfloat16":
         return x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     return x.to(torch.float16 if dtype == "float16" else torch.float32).numpy()
 
 
-def from_storage(a: np.ndarray, dtype: str, upcast: bool = True) -> torch.Tensor:
-    """Stored representation -> float32 tensor of the same shape; with `upcast` False, a tensor
-    in the stored dtype itself (float16, bfloat16 or float32: what the loader ships)."""
+def from_storage(a: np.ndarray, dtype: str, scale: np.ndarray | None = None) -> torch.Tensor:
+    """Stored representation (and, for int8, its per-channel scales) -> float32 tensor of the same
+    shape. `stored_to_tensor` keeps the stored dtype instead (what the loader ships)."""
     a = np.ascontiguousarray(a)
+    if dtype == "int8":
+        if scale is None:
+            raise ValueError("int8 latents need their scales")
+        return dequantize(torch.from_numpy(a), torch.from_numpy(np.asarray(scale, dtype=np.float32)))
     if dtype == "bfloat16":
-        t = torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-        return t.float() if upcast else t
-    if not upcast:
-        return torch.from_numpy(a.copy())
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16).float()
     return torch.from_numpy(a.astype(np.float32))
 
 
-def row_checksum(stored_row: np.ndarray) -> int:
-    """CRC-32 of one row's stored bytes, little-endian."""
-    a = np.ascontiguousarray(stored_row)
-    return zlib.crc32(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()) & 0xFFFFFFFF
+def dequantize(values: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Stored-dtype latents (as `CacheReader.read_stored` returns them, batched or not, on any
+    device) -> float32: an upcast, times the per-channel scale [..., D] for int8."""
+    x = values.float()
+    return x * scale.to(x.device, torch.float32).unsqueeze(-2) if scale is not None else x
+
+
+def fidelity(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float, float]:
+    """Stored row y against the fp32 teacher output x [tokens, D], in float64: (cosine, relative L2
+    error, relative L2 error of layer_norm(.) -- Stage 2's target --, smallest per-token cosine)."""
+    import torch.nn.functional as F
+
+    x, y = x.detach().to("cpu", torch.float64), y.detach().to("cpu", torch.float64)
+    cos = float(F.cosine_similarity(x.flatten(), y.flatten(), dim=0))
+    rel = float((y - x).norm() / x.norm().clamp_min(1e-30))
+    lx, ly = F.layer_norm(x, x.shape[-1:]), F.layer_norm(y, y.shape[-1:])
+    trel = float((ly - lx).norm() / lx.norm().clamp_min(1e-30))
+    tok = float(F.cosine_similarity(x, y, dim=-1).min())
+    return cos, rel, trel, tok
+
+
+def fidelity_summary(values: np.ndarray) -> dict | None:
+    """Per-row fidelity [n, 4] (ok rows) -> worst and mean over the rows, or None when empty."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v).all(axis=1)] if v.size else v
+    if not len(v):
+        return None
+    worst = [v[:, 0].min(), v[:, 1].max(), v[:, 2].max(), v[:, 3].min()]
+    return {"rows": int(len(v)), **{f"worst_{k}": float(w) for k, w in zip(FIDELITY, worst)},
+            **{f"mean_{k}": float(m) for k, m in zip(FIDELITY, v.mean(axis=0))}}
+
+
+def stored_to_tensor(a: np.ndarray, dtype: str) -> torch.Tensor:
+    """Stored representation -> tensor in the stored dtype (bfloat16 bits viewed as bfloat16),
+    sharing memory with `a` when it is writable and contiguous."""
+    a = np.ascontiguousarray(a)
+    if not a.flags.writeable:
+        a = a.copy()
+    if dtype == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def merge_fidelity(summaries) -> dict | None:
+    """Fidelity summaries of several stores -> one: worst of the worst, row-weighted means; None
+    when none was recorded (stores written before it was measured)."""
+    fs = [f for f in summaries if f]
+    if not fs:
+        return None
+    n = sum(f["rows"] for f in fs)
+    out = {"rows": n}
+    for k in FIDELITY:
+        pick = min if "cosine" in k else max
+        out[f"worst_{k}"] = pick(f[f"worst_{k}"] for f in fs)
+        out[f"mean_{k}"] = sum(f[f"mean_{k}"] * f["rows"] for f in fs) / n
+    return out
+
+
+def row_checksum(stored_row: np.ndarray, scale: np.ndarray | None = None) -> int:
+    """CRC-32 of one row's stored bytes, little-endian (int8: the values, then the scales)."""
+    crc = 0
+    for a in (stored_row,) if scale is None else (stored_row, scale):
+        a = np.ascontiguousarray(a)
+        crc = zlib.crc32(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes(), crc)
+    return crc & 0xFFFFFFFF
 
 
 def row_stats(x: torch.Tensor) -> tuple[float, float, float]:
@@ -120,13 +215,17 @@ def stats_problem(recorded, values: torch.Tensor, dtype: str) -> str | None:
     return None
 
 
+BLOSC_SHUFFLE = {"byte": "shuffle", "bit": "bitshuffle", "none": "noshuffle"}  # spec name -> zarr's
+
+
 def compressors(storage: StorageSpec, itemsize: int) -> list:
     """Bytes-to-bytes codecs of one latent chunk: the compressor, then a CRC-32C so that a damaged
     chunk raises on read instead of decoding to plausible numbers."""
     from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-    if storage.codec == "blosc-zstd":
-        first = [BloscCodec(cname="zstd", clevel=storage.level, shuffle="shuffle", typesize=itemsize)]
+    if storage.codec.startswith("blosc-"):
+        first = [BloscCodec(cname=storage.codec.removeprefix("blosc-"), clevel=storage.level,
+                            shuffle=BLOSC_SHUFFLE[storage.shuffle], typesize=itemsize)]
     elif storage.codec == "zstd":
         first = [ZstdCodec(level=storage.level)]
     else:
@@ -137,8 +236,9 @@ def compressors(storage: StorageSpec, itemsize: int) -> list:
 def codecs_description(storage: StorageSpec) -> list[dict]:
     """The latent array's codec chain as plain data, for the fingerprint."""
     chain = [{"name": "bytes", "endian": "little"}]
-    if storage.codec == "blosc-zstd":
-        chain.append({"name": "blosc", "cname": "zstd", "clevel": storage.level, "shuffle": "shuffle"})
+    if storage.codec.startswith("blosc-"):
+        chain.append({"name": "blosc", "cname": storage.codec.removeprefix("blosc-"), "clevel": storage.level,
+                      "shuffle": BLOSC_SHUFFLE[storage.shuffle]})
     elif storage.codec == "zstd":
         chain.append({"name": "zstd", "level": storage.level})
     chain.append({"name": "crc32c"})
@@ -225,8 +325,10 @@ class StoreWriter:
     Rows may arrive in any order (`put_ok` / `put_failed`); each Zarr shard is written in one call
     as soon as all of its rows are in, so memory holds at most the open shards."""
 
-    def __init__(self, final: Path, rows: int, tokens: int, dim: int, storage: StorageSpec, attrs: dict):
+    def __init__(self, final: Path, rows: int, tokens: int, dim: int, storage: StorageSpec, attrs: dict,
+                 student_views: StudentViewsSpec | None = None, frames: int = 0):
         import zarr
+        from zarr.codecs import Crc32cCodec
 
         self.final = Path(final)
         self.tmp = self.final.with_name(self.final.name + TEMP_SUFFIX)
@@ -246,6 +348,20 @@ class StoreWriter:
             attributes={"dtype": self.dtype, "token_order": "t,h,w",
                         **({"bits": "uint16 holding bfloat16 bit patterns"} if self.dtype == "bfloat16" else {})},
         )
+        self.scales = None
+        if self.dtype == "int8":
+            self.scales = self.group.create_array(
+                "latent_scales", shape=(rows, dim), dtype=np.float32, chunks=(1, dim), shards=(self.per_shard, dim),
+                compressors=[Crc32cCodec()], fill_value=0.0, dimension_names=("row", "channel"),
+                attributes={"meaning": "latents[r, t, c] = int8 value x latent_scales[r, c]"})
+            self._scale_blocks: dict[int, np.ndarray] = {}
+        self.fidelity = np.full((rows, len(FIDELITY)), np.nan, dtype=np.float32)
+        self.views = student_views if student_views is not None and student_views.stored else None
+        self.frames = None
+        if self.views is not None:
+            self.frames = _create_frames_array(self.group, rows, frames, self.per_shard, self.views)
+            self.frames_checksum = np.zeros(rows, dtype=np.uint32)
+            self._frame_blocks: dict[int, np.ndarray] = {}
         self.key = np.full(rows, "", dtype=object)
         self.view_index = np.full(rows, -1, dtype=np.int32)
         self.view = np.full(rows, "", dtype=object)
@@ -263,7 +379,8 @@ class StoreWriter:
     def _shard_bounds(self, s: int) -> tuple[int, int]:
         return s * self.per_shard, min((s + 1) * self.per_shard, self.rows)
 
-    def _place(self, row: int, stored: np.ndarray | None) -> None:
+    def _place(self, row: int, stored: np.ndarray | None, frames: list[bytes] | None = None,
+               scale: np.ndarray | None = None) -> None:
         s = row // self.per_shard
         a, b = self._shard_bounds(s)
         block = self._blocks.get(s)
@@ -271,10 +388,26 @@ class StoreWriter:
             block = self._blocks[s] = np.zeros((b - a, self.tokens, self.dim), dtype=stored_dtype(self.dtype))
         if stored is not None:
             block[row - a] = stored
+        if self.scales is not None:
+            sb = self._scale_blocks.setdefault(s, np.zeros((b - a, self.dim), dtype=np.float32))
+            if scale is not None:
+                sb[row - a] = scale
+        if self.frames is not None:
+            fb = self._frame_blocks.get(s)
+            if fb is None:
+                fb = self._frame_blocks[s] = np.full((b - a, self.frames.shape[1]), b"", dtype=object)
+            if frames is not None:
+                if len(frames) != self.frames.shape[1]:
+                    raise ValueError(f"row {row}: {len(frames)} stored frames, expected {self.frames.shape[1]}")
+                fb[row - a] = frames
         self._filled[s] = self._filled.get(s, 0) + 1
         if self._filled[s] == b - a:
             # the whole shard in one call: zarr encodes and writes the shard file once
             self.latents[a:b] = self._blocks.pop(s)
+            if self.scales is not None:
+                self.scales[a:b] = self._scale_blocks.pop(s)
+            if self.frames is not None:
+                self.frames[a:b] = self._frame_blocks.pop(s)
             self._written.add(s)
 
     def _record(self, row: int, key: str, view_index: int, view: dict | None, meta: str) -> None:
@@ -288,17 +421,27 @@ class StoreWriter:
         self.meta[row] = meta
 
     def put_ok(self, row: int, key: str, view_index: int, view: dict, meta: str, out: torch.Tensor,
-               crc: int = 0) -> None:
-        """Store the fp32 teacher output `out` [tokens, D] of one view; `crc`: `view_crc` of the
-        view's uint8 pixels."""
+               frames: list[bytes] | None = None, frames_digest: int | None = None, crc: int = 0) -> None:
+        """Store the fp32 teacher output `out` [tokens, D] of one view; with student-ready views
+        also the view's encoded frames and the digest of their decoded uint8 pixels (which cover
+        the view), else `crc`: `view_crc` of the view's uint8 pixels decoded from the source."""
         if tuple(out.shape) != (self.tokens, self.dim):
             raise ValueError(f"row {row}: teacher output {tuple(out.shape)}, expected {(self.tokens, self.dim)}")
-        stored = to_storage(out, self.dtype)
+        if (self.frames is not None) != (frames is not None and frames_digest is not None):
+            raise ValueError(f"row {row}: stored frames {'missing' if self.frames is not None else 'given'} "
+                             f"for a store {'with' if self.frames is not None else 'without'} student-ready views")
+        stored, scale = to_storage(out, self.dtype), None
+        if self.dtype == "int8":
+            stored, scale = stored
         self._record(row, key, view_index, view, meta)
         self.stats[row] = row_stats(out)
-        self.checksum[row] = row_checksum(stored)
-        self.view_crc[row] = crc
-        self._place(row, stored)
+        self.checksum[row] = row_checksum(stored, scale)
+        self.fidelity[row] = fidelity(out, from_storage(stored, self.dtype, scale))
+        if frames is not None:
+            self.frames_checksum[row] = frames_digest
+        else:
+            self.view_crc[row] = crc
+        self._place(row, stored, frames, scale)
         self.status[row] = STATUS_OK
 
     def put_failed(self, row: int, key: str, view_index: int, view: dict | None, meta: str, reason: str) -> None:
@@ -331,7 +474,12 @@ class StoreWriter:
         small("stats", self.stats, np.float32, fill=float("nan"))
         small("checksum", self.checksum, np.uint32, fill=0)
         small("meta", self.meta, str, fill="")
-        small("view_crc", self.view_crc, np.uint32, fill=0)
+        small("fidelity", self.fidelity, np.float32, fill=float("nan"))
+        self.group["fidelity"].attrs["columns"] = list(FIDELITY)
+        if self.frames is not None:  # one digest per view: the stored frames' covers it
+            small("frames_checksum", self.frames_checksum, np.uint32, fill=0)
+        else:
+            small("view_crc", self.view_crc, np.uint32, fill=0)
         self.group.attrs["status_names"] = {str(k): v for k, v in STATUS_NAMES.items()}
         files = store_files(self.tmp)
         ok = int((self.status == STATUS_OK).sum())
@@ -341,7 +489,8 @@ class StoreWriter:
             "rows": n, "ok": ok, "failed": n - ok,
             "clips": len(set(self.key.tolist())) if n else 0,
             "files": files, "bytes": int(sum(files.values())),
-            "digest": store_digest(self.tmp, files), "failures": self.failures, **(extra or {}),
+            "digest": store_digest(self.tmp, files), "failures": self.failures,
+            "fidelity": fidelity_summary(self.fidelity[self.status == STATUS_OK]), **(extra or {}),
         }
         done = done_path(self.final)
         done.unlink(missing_ok=True)  # a record without its store (a store deleted by hand) goes first
@@ -352,6 +501,27 @@ class StoreWriter:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         os.replace(tmp, done)  # last: from here on the store counts as finished
         return record
+
+
+def _create_frames_array(group, rows: int, frames: int, per_shard: int, views: StudentViewsSpec):
+    """The `frames [rows, T]` array of encoded frames (variable-length bytes)."""
+    import warnings
+
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    # raw uint8 frames get a fast lossless compressor; JPEG bytes do not compress further
+    first = [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle", typesize=1)] if views.format == "raw" else []
+    with warnings.catch_warnings():  # zarr-python's variable-length bytes have no Zarr v3 extension spec yet
+        warnings.simplefilter("ignore")
+        from zarr.core.dtype import VariableLengthBytes
+
+        return group.create_array(
+            "frames", shape=(rows, frames), dtype=VariableLengthBytes(), chunks=(1, frames),
+            shards=(per_shard, frames), compressors=first + [Crc32cCodec()], fill_value=b"",
+            dimension_names=("row", "frame"),
+            attributes={"format": views.format, "quality": views.quality if views.format == "jpeg" else None,
+                        "layout": "uint8 [T, S, S, 3] per row, RGB", "checksum": "frames_checksum: crc32c of the decoded uint8 frames"},
+        )
 
 
 def open_group(path: Path):

@@ -24,12 +24,23 @@ def build_tables(summary) -> list[Table]:
                         f"{s['stores_skipped']} already done)")
     t.add_row("bytes on disk", _mb(s["bytes"]))
     t.add_row("bytes per row", f"{s['bytes_per_row']:,.0f} vs {s['fp32_bytes_per_row']:,} fp32{ratio}")
+    t.add_row("fidelity", fidelity_line(s.get("fidelity")).removeprefix("fidelity "))
     t.add_row("wall time", f"{s['wall_s']:.1f} s, of which encoding {s['encode_s']:.1f} s: {s['clips_built']:,} clips "
                            f"encoded now at {s['clips_per_s']:.1f} clips/s (the bar's rate)")
     out = [t]
     if s["failures"]:
         out.append(failures_table(s["failures"]))
     return out
+
+
+def fidelity_line(f: dict | None) -> str:
+    """The stored latents against the fp32 teacher output, in one line (worst row, and mean)."""
+    if not f:
+        return "fidelity vs fp32: not recorded (stores built before it was measured)"
+    return (f"fidelity vs fp32 over {f['rows']:,} rows: cosine >= {f['worst_cosine']:.6f} (mean {f['mean_cosine']:.6f}), "
+            f"per-token cosine >= {f['worst_min_token_cosine']:.5f}, relative error <= {f['worst_relative_error']:.3g} "
+            f"(mean {f['mean_relative_error']:.3g}), layer-normed target relative error <= "
+            f"{f['worst_target_relative_error']:.3g}")
 
 
 def failures_table(failures: list[dict]) -> Table:
@@ -52,6 +63,7 @@ def describe_tables(rep: dict) -> list[Table]:
     over.add_row("rows ok / failed", f"{c['ok']:,} / {c['failed']:,}")
     over.add_row("bytes on disk", f"{_mb(b['on_disk'])} vs {_mb(b['raw_fp32'])} raw fp32 ({b['ratio_vs_fp32']:.1%})")
     over.add_row("bytes per row", f"{b['bytes_per_row']:,.0f} vs {b['fp32_bytes_per_row']:,} fp32")
+    over.add_row("fidelity", fidelity_line(rep.get("fidelity")).removeprefix("fidelity "))
     spec = rep["spec"]
     clip = spec["clip"]
     fpt = Table(title="spec and fingerprint", show_header=False)
@@ -66,8 +78,10 @@ def describe_tables(rep: dict) -> list[Table]:
         ("teacher sha256", str(fp["teacher_sha256"])),
         ("grid / tokens", f"{' x '.join(map(str, fp['grid']))} = {fp['tokens']} tokens, order {fp['token_order']}, "
                           f"final norm {'applied' if fp['final_norm'] else 'not applied'}"),
-        ("storage", f"{fp['dtype']} (stored as {fp['stored_dtype']}), codec {fp['codec']} level {fp['level']}, "
+        ("storage", f"{fp['dtype']} (stored as {fp['stored_dtype']}), codec {fp['codec']} level {fp['level']}"
+                    f"{' ' + fp['shuffle'] + ' shuffle' if fp.get('shuffle') and str(fp['codec']).startswith('blosc') else ''}, "
                     f"{fp['rows_per_shard']} rows per Zarr shard"),
+        ("student views", fp.get("student_views") or "none (Stage 2 decodes each view from its source video)"),
         ("built with", ", ".join(f"{k} {v}" for k, v in (fp.get("build") or {}).items())),
         ("versions", ", ".join(f"{k} {v}" for k, v in (fp.get("versions") or {}).items() if v)),
         ("cache id", str(rep.get("cache_id"))),

@@ -4,8 +4,10 @@ Order: cache.json and spec parse; build complete; every manifest store present w
 record, file list and sizes; no stray or partial stores; per-store arrays and row structure (keys
 unique, statuses written, failed rows carry reasons, views parse and belong to their row); with
 `data`, keys are exactly the clips of those shards; per-store digest; per-row checksum, finite
-values and stats; with `teacher`, its sha256 against the fingerprint and `sample` random ok rows
-re-encoded from their stored views, compared by cosine and relative error (TOLERANCES).
+values and stats, and with student-ready views the digest of each row's decoded frames; with
+`teacher`, its sha256 against the fingerprint and `sample` random ok rows re-encoded from their
+stored views (the stored frames when the cache has them, else the source video), compared by
+cosine and relative error (TOLERANCES).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from salt_cache.cache.config import VerifyConfig
 from salt_cache.cache.header import CACHE_JSON, CacheHeader
 from salt_cache.cache.manifest import stray_entries
 from salt_cache.cache.store import (
-    OPTIONAL_ROW_ARRAYS, ROW_ARRAYS, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, done_path, from_storage, open_group, read_done,
-    row_checksum, stats_problem, store_digest, store_files, stored_dtype,
+    OPTIONAL_ARRAYS, ROW_ARRAYS, STATUS_FAILED, STATUS_NAMES, STATUS_OK, STORES_DIR, done_path, from_storage, open_group, read_done,
+    fidelity_summary, row_checksum, stats_problem, store_digest, store_files, stored_dtype,
 )
 from salt_cache.errors import SaltCacheError
 
@@ -36,6 +38,7 @@ TOLERANCES = {
     "float32": (1e-3, 0.99999),
     "float16": (2e-3, 0.9999),
     "bfloat16": (1e-2, 0.9995),
+    "int8": (2.5e-2, 0.999),  # per-channel scales: ~1% relative error on ViT-like rows (see the build's fidelity)
     "autocast": (5e-2, 0.995),
 }
 LIST_LIMIT = 50  # missing / extra keys listed one per line up to this many, then a count
@@ -72,6 +75,7 @@ class VerifyReport:
     rows_checked: int = 0
     reencoded: list[dict] = field(default_factory=list)
     tolerance: dict | None = None
+    fidelity: dict | None = None  # the stored rows against the fp32 teacher output, as the build measured
     seconds: float = 0.0
 
     @property
@@ -175,7 +179,7 @@ def _verify(config: VerifyConfig, progress) -> VerifyReport:
     opened: dict[str, dict] = {}
     owner: dict[str, str] = {}
     for name, info in sound.items():
-        arrays = _open_arrays(root / name, info["done"], tokens, dim, dtype, P, name)
+        arrays = _open_arrays(root / name, info["done"], tokens, dim, dtype, P, name, spec.student_views.stored)
         if arrays is None:
             continue
         opened[name] = arrays
@@ -185,6 +189,9 @@ def _verify(config: VerifyConfig, progress) -> VerifyReport:
                 P(Problem(f"key also in store {owner[key]}", store=name, key=key))
             else:
                 owner[key] = name
+
+    fid = [a["fidelity"][a["status"] == STATUS_OK] for a in opened.values() if "fidelity" in a]
+    rep.fidelity = fidelity_summary(np.concatenate(fid)) if fid else None
 
     # 4. keys against the data
     if data is not None:
@@ -205,7 +212,7 @@ def _verify(config: VerifyConfig, progress) -> VerifyReport:
         rep.checks.append("rows")
         task = progress.add_task("checking rows", total=sum(len(a["status"]) for a in opened.values())) if progress else None
         for name, arrays in opened.items():
-            rep.rows_checked += _check_rows(name, arrays, dtype, P, progress, task)
+            rep.rows_checked += _check_rows(name, arrays, dtype, P, progress, task, spec)
 
     # 7. teacher fingerprint and re-encoding
     if teacher is not None:
@@ -215,16 +222,23 @@ def _verify(config: VerifyConfig, progress) -> VerifyReport:
     return rep
 
 
-def _open_arrays(path: Path, done: dict, tokens: int, dim: int, dtype: str, P, name: str) -> dict | None:
+def _open_arrays(path: Path, done: dict, tokens: int, dim: int, dtype: str, P, name: str,
+                 frames: bool = False) -> dict | None:
     try:
         g = open_group(path)
         lat = g["latents"]
-        arrays = {"latents": lat}
+        arrays = {"latents": lat, "path": path}
         for a in ROW_ARRAYS:
             arrays[a] = np.asarray(g[a][...]) if a not in ("key", "view", "reason", "meta") else np.asarray(g[a][...], dtype=object)
-        for a in OPTIONAL_ROW_ARRAYS:
-            if a in g:
-                arrays[a] = np.asarray(g[a][...])
+        if frames:  # the stored frames' checksum covers the view
+            arrays["frames"] = g["frames"]
+            arrays["frames_checksum"] = np.asarray(g["frames_checksum"][...])
+        elif "view_crc" in g:  # the source decode's CRC covers it (absent from older stores)
+            arrays["view_crc"] = np.asarray(g["view_crc"][...])
+        if dtype == "int8":
+            arrays["latent_scales"] = g["latent_scales"]
+        if "fidelity" in g:
+            arrays["fidelity"] = np.asarray(g["fidelity"][...])
     except Exception as e:
         P(Problem(f"cannot open store arrays ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})", store=name))
         return None
@@ -235,8 +249,8 @@ def _open_arrays(path: Path, done: dict, tokens: int, dim: int, dtype: str, P, n
     if lat.dtype != stored_dtype(dtype):
         P(Problem(f"latents dtype {lat.dtype}, expected {stored_dtype(dtype)} for {dtype}", store=name))
         return None
-    for a in ROW_ARRAYS:
-        if len(arrays[a]) != n:
+    for a in ROW_ARRAYS + tuple(k for k in OPTIONAL_ARRAYS if k in arrays):
+        if arrays[a].shape[0] != n:
             P(Problem(f"{a} has {len(arrays[a])} rows, expected {n}", store=name))
             return None
     return arrays
@@ -296,7 +310,31 @@ def _check_keys(data, owner: dict[str, str], P) -> None:
             P(Problem(f"... and {len(keys) - LIST_LIMIT} more keys {label}"))
 
 
-def _check_rows(name: str, a: dict, dtype: str, P, progress, task) -> int:
+def _stored_frames(a: dict, r: int, spec):
+    """uint8 [T, S, S, 3] of row r's stored view, decoded as Stage 2 decodes it."""
+    from salt_cache.cache.chunks import ChunkReader
+    from salt_cache.cache.frames import decode_frames
+
+    if "frame_reader" not in a:
+        a["frame_reader"] = ChunkReader(a["path"] / "frames")
+    return decode_frames(a["frame_reader"].read(r), spec.student_views.format, spec.clip.size)
+
+
+def _check_frames(name: str, a: dict, r: int, spec, P) -> None:
+    from salt_cache.cache.frames import frames_digest
+
+    try:
+        frames = _stored_frames(a, r, spec)
+    except Exception as e:  # a damaged chunk, an undecodable JPEG
+        P(Problem(f"stored frames unreadable ({_short(e)})", store=name, row=r, key=a["key"][r]))
+        return
+    got, want = frames_digest(frames), int(a["frames_checksum"][r])
+    if got != want:
+        P(Problem(f"stored frames decode to other pixels than the teacher encoded (crc32c {got:08x}, recorded {want:08x})",
+                  store=name, row=r, key=a["key"][r]))
+
+
+def _check_rows(name: str, a: dict, dtype: str, P, progress, task, spec=None) -> int:
     lat, status = a["latents"], a["status"]
     n = len(status)
     step = lat.shards[0] if getattr(lat, "shards", None) else 64
@@ -305,12 +343,13 @@ def _check_rows(name: str, a: dict, dtype: str, P, progress, task) -> int:
         stop = min(start + step, n)
         try:
             block = lat[start:stop]
-            rows_of = {r: block[r - start] for r in range(start, stop)}
+            scales = a["latent_scales"][start:stop] if "latent_scales" in a else None
+            rows_of = {r: (block[r - start], None if scales is None else scales[r - start]) for r in range(start, stop)}
         except Exception:
             rows_of = {}
             for r in range(start, stop):  # find which rows are damaged
                 try:
-                    rows_of[r] = lat[r]
+                    rows_of[r] = (lat[r], a["latent_scales"][r] if "latent_scales" in a else None)
                 except Exception as e:
                     if status[r] == STATUS_OK:
                         P(Problem(f"latents unreadable ({_short(e)})", store=name, row=r, key=a["key"][r]))
@@ -318,13 +357,15 @@ def _check_rows(name: str, a: dict, dtype: str, P, progress, task) -> int:
             if status[r] != STATUS_OK or r not in rows_of:
                 continue
             checked += 1
-            stored = rows_of[r]
+            if "frames" in a:
+                _check_frames(name, a, r, spec, P)
+            stored, scale = rows_of[r]
             key = a["key"][r]
-            crc = row_checksum(stored)
+            crc = row_checksum(stored, scale)
             if crc != int(a["checksum"][r]):
                 P(Problem(f"checksum mismatch (stored crc32 {int(a['checksum'][r]):08x}, computed {crc:08x})", store=name, row=r, key=key))
                 continue
-            x = from_storage(stored, dtype)
+            x = from_storage(stored, dtype, scale)
             if not torch.isfinite(x).all():
                 P(Problem(f"{int((~torch.isfinite(x)).sum())} non-finite values", store=name, row=r, key=key))
                 continue
@@ -375,13 +416,22 @@ def _check_teacher(header: CacheHeader, opened: dict, teacher: Path, sample: int
     rep.tolerance = {"max_relative_error": tol_rel, "min_cosine": tol_cos,
                      "basis": "autocast" if autocast else header.dtype}
     from salt_cache.shards import index_shard, read_member
-    from salt_cache.video import View, decode_view_uint8, normalize_clip, view_crc
+    from salt_cache.video import View, decode_view_uint8, normalize_clip, normalize_frames, view_crc
 
     index_cache: dict[str, dict] = {}
     for i in picks:
         name, r = candidates[i]
         a = opened[name]
         key = a["key"][r]
+        if "frames" in a:  # the teacher's input is the stored view itself
+            try:
+                view = View.from_dict(json.loads(a["view"][r]))
+                x = normalize_frames(_stored_frames(a, r, header.spec), view.mean, view.std)
+            except Exception as e:
+                P(Problem(f"cannot re-encode ({_short(e)})", store=name, row=r, key=key))
+                continue
+            _compare_reencoded(model, x, a, r, name, key, dev, header, tol_rel, tol_cos, rep, P)
+            continue
         shard = shard_paths.get(name)
         if shard is None or not Path(shard).is_file():
             P(Problem(f"cannot re-encode: shard {shard} not found (pass --data)", store=name, row=r, key=key))
@@ -400,26 +450,36 @@ def _check_teacher(header: CacheHeader, opened: dict, teacher: Path, sample: int
         try:
             view = View.from_dict(json.loads(a["view"][r]))
             pixels = decode_view_uint8(read_member(Path(shard), tar.members[tar.video_ext]), view)
-            if "view_crc" in a and view_crc(pixels) != int(a["view_crc"][r]):
-                P(Problem(f"decoded view differs from the pixels the teacher saw (CRC {view_crc(pixels):08x}, built "
-                          f"{int(a['view_crc'][r]):08x}): repacked shards or another decoder build", store=name, row=r, key=key))
-                continue
-            x = normalize_clip(pixels, view.mean, view.std)
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                y = model(x[None].to(dev))[0].float().cpu()
-            stored = from_storage(a["latents"][r], header.dtype)
-        except Exception as e:  # an undecodable view, a clip that does not tile, a damaged chunk
+        except Exception as e:  # an undecodable view
             P(Problem(f"cannot re-encode ({_short(e)})", store=name, row=r, key=key))
             continue
-        if y.shape != stored.shape:
-            P(Problem(f"teacher output {tuple(y.shape)} vs stored {tuple(stored.shape)}", store=name, row=r, key=key))
+        if "view_crc" in a and view_crc(pixels) != int(a["view_crc"][r]):
+            P(Problem(f"decoded view differs from the pixels the teacher saw (CRC {view_crc(pixels):08x}, built "
+                      f"{int(a['view_crc'][r]):08x}): repacked shards or another decoder build", store=name, row=r, key=key))
             continue
-        rel = float((stored - y).norm() / y.norm().clamp_min(1e-12))
-        cos = float(torch.nn.functional.cosine_similarity(stored.flatten(), y.flatten(), dim=0))
-        rep.reencoded.append({"store": name, "row": r, "key": key, "relative_error": rel, "cosine": cos})
-        if rel > tol_rel or cos < tol_cos:
-            P(Problem(f"re-encoded row differs: relative error {rel:.3g} (max {tol_rel:g}), cosine {cos:.6f} (min {tol_cos:g})",
-                      store=name, row=r, key=key))
+        x = normalize_clip(pixels, view.mean, view.std)
+        _compare_reencoded(model, x, a, r, name, key, dev, header, tol_rel, tol_cos, rep, P)
+
+
+def _compare_reencoded(model, x, a: dict, r: int, name: str, key: str, dev, header: CacheHeader,
+                       tol_rel: float, tol_cos: float, rep: VerifyReport, P) -> None:
+    """Teacher forward on clip x [C, T, S, S] vs the stored row r, by relative error and cosine."""
+    try:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            y = model(x[None].to(dev))[0].float().cpu()
+        stored = from_storage(a["latents"][r], header.dtype, a["latent_scales"][r] if "latent_scales" in a else None)
+    except Exception as e:  # a clip that does not tile, a damaged chunk
+        P(Problem(f"cannot re-encode ({_short(e)})", store=name, row=r, key=key))
+        return
+    if y.shape != stored.shape:
+        P(Problem(f"teacher output {tuple(y.shape)} vs stored {tuple(stored.shape)}", store=name, row=r, key=key))
+        return
+    rel = float((stored - y).norm() / y.norm().clamp_min(1e-12))
+    cos = float(torch.nn.functional.cosine_similarity(stored.flatten(), y.flatten(), dim=0))
+    rep.reencoded.append({"store": name, "row": r, "key": key, "relative_error": rel, "cosine": cos})
+    if rel > tol_rel or cos < tol_cos:
+        P(Problem(f"re-encoded row differs: relative error {rel:.3g} (max {tol_rel:g}), cosine {cos:.6f} (min {tol_cos:g})",
+                  store=name, row=r, key=key))
 
 
 def _shard_paths(header: CacheHeader, data) -> dict[str, str]:

@@ -44,7 +44,8 @@ Batch dict (what `TrainData.next()` and `ValSet.batch(i)` return)
     "damaged":  int, of those, cache rows that failed their checksum
     "position": {"split", "epoch", "consumed", "batches"} of the split after this batch
     + every field the stage added, e.g. "view": list[dict], "latents": [B, N, D] in the cache's
-      stored dtype (float16 / bfloat16 / float32), upcast where they are used, on the device
+      stored dtype (float16 / bfloat16 / float32), upcast where they are used, on the device;
+      int8 latents come with "latent_scale" float32 [B, D], and `on_device` dequantizes them
 
 Exact resume: the trainer records, per split, the position carried by the last batch it
 consumed (batches prefetched but not consumed are simply produced again), plus how many batches
@@ -396,11 +397,17 @@ class ValSet:
 
 
 def on_device(batch: dict, device: torch.device, non_blocking: bool = False) -> dict:
-    """A loader batch on `device`, its uint8 clip normalized there to float32 (`normalize_clip`)."""
+    """A loader batch on `device`, its uint8 clip normalized there to float32 (`normalize_clip`)
+    and int8 latents dequantized there to float32 with their per-channel "latent_scale" [B, D]
+    (`cache.store.dequantize`); other latents stay in their stored dtype."""
     batch = to_device(batch, device, non_blocking)
     if batch["clip"].dtype == torch.uint8:
         norm = batch["norm"]
         batch["clip"] = normalize_clip(batch["clip"], norm[:, 0], norm[:, 1])
+    if "latent_scale" in batch:
+        from salt_cache.cache.store import dequantize
+
+        batch["latents"] = dequantize(batch["latents"], batch.pop("latent_scale"))
     return batch
 
 

@@ -45,7 +45,7 @@ from salt_cache.train.data import PlanAndDecode, Sample, StageContext, view_norm
 from salt_cache.train.engine import Interval, Stage, check_inputs, check_memory, fit, make_loaders, val_columns
 from salt_cache.train.optim import make_optimizer
 from salt_cache.train.runs import Run, print_run_summary
-from salt_cache.video import decode_view_uint8, view_crc, view_rng
+from salt_cache.video import decode_view_uint8, frames_to_clip, view_crc, view_rng
 
 STAGE = "student"
 EXPORT = "student"  # a finished run hands on RUN/student.pt (and RUN/online.pt with --ema)
@@ -166,14 +166,16 @@ def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
 
 class CacheJoin:
     """Stage 2's sample stage: rows of the clip's key -> one stored view (a new pick per epoch,
-    seeded by (seed, epoch, key); view 0 in validation) -> the clip decoded at that view, as
-    uint8 pixels with the view's normalization, and the row's latents in their stored dtype
-    unless `latents` is False (online oracle). Clips with no ok row are skipped (the batcher
-    counts them).
+    seeded by (seed, epoch, key); view 0 in validation) -> the clip at that view as uint8 pixels
+    with the view's normalization (the row's stored frames when the cache has student-ready
+    views, else decoded from the source), and the row's latents in their stored dtype (int8 with
+    its per-channel scales) unless `latents` is False (online oracle). Clips with no ok row are
+    skipped (the batcher counts them).
 
-    Every decoded view's CRC is compared with the one the build recorded (stores that have it):
-    repacked shards or another FFmpeg build that decodes other pixels stop the run, naming the
-    clip, instead of silently training on inputs the teacher never saw."""
+    The view's pixels are checked against the digest the build recorded: stored frames against
+    their CRC-32C on every read (`CacheReader.frames`), a source decode against its `view_crc`
+    (stores that have it). Repacked shards or another decoder that gives other pixels stop the
+    run, naming the clip, instead of silently training on inputs the teacher never saw."""
 
     def __init__(self, cache: Path, seed: int, latents: bool = True):
         from salt_cache.cache import CacheReader
@@ -191,10 +193,13 @@ class CacheJoin:
             ref = min(rows, key=lambda r: r.view_index)
         view = self.reader.view(ref)
         try:
-            clip = decode_view_uint8(sample.video, view)
+            if self.reader.has_frames:  # the stored view: no source decode, the teacher's exact pixels
+                clip = frames_to_clip(self.reader.frames(ref))
+            else:
+                clip = decode_view_uint8(sample.video, view)
         except DecodeError:
             return None
-        want = self.reader.view_crc(ref)
+        want = None if self.reader.has_frames else self.reader.view_crc(ref)
         if want is not None and view_crc(clip) != want:
             raise SaltCacheError(
                 f"{sample.key}: the decoded view (store {ref.store} row {ref.row}) differs from the pixels the teacher "
@@ -202,7 +207,9 @@ class CacheJoin:
                 f"train on the shards the cache was built from, with the same decoder")
         out = {"clip": clip, "norm": view_norm(view), "view_index": ref.view_index}
         if self.latents:
-            out["latents"] = self.reader.read(ref, upcast=False)
+            out["latents"], scale = self.reader.read_stored(ref)
+            if scale is not None:  # int8 rows: dequantized on the device (`data.on_device`)
+                out["latent_scale"] = scale
         return out
 
 
