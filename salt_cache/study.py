@@ -209,8 +209,32 @@ def study_report(workdir: Path, config: StudyConfig) -> dict:
         summary["wall_total_s"] = round(sum(walls), 1)
     summary["pictures"] = pictures
     write_json(out / "study.json", summary)
+    (out / "study.md").write_text(study_markdown(summary))
     print_study(summary)
     return summary
+
+
+def study_markdown(summary: dict) -> str:
+    """The study as Markdown tables (one per task, then its gaps), ready for a README."""
+    lines = []
+    for t in summary["tasks"].values():
+        n = len(summary["seeds"])
+        lines += [f"**{t['name']}** (chance {100 * t['chance']:.0f}%, {n} seeds)", "",
+                  f"| encoder | top-1, mean ± std over {n} seeds | per seed | RankMe token / clip | train wall s |",
+                  "| --- | --- | --- | --- | --- |"]
+        for a in t["arms"].values():
+            rk = "-" if a["rankme_token"] is None else f"{a['rankme_token']:.1f} / {a['rankme_clip']:.1f}"
+            cost = "-" if a.get("cost_s") is None else f"{a['cost_s']:.0f}"
+            lines.append(f"| {a['label']} | {100 * a['mean']:.1f} ± {100 * a['std']:.1f} | "
+                         f"{' '.join(f'{100 * v:.1f}' for v in a['top1'])} | {rk} | {cost} |")
+        if t["gaps"]:
+            lines += ["", "| gap | difference ± s.e. | holds (≥ 2 s.e.) |", "| --- | --- | --- |"]
+            for g in t["gaps"]:
+                arms = t["arms"]
+                lines.append(f"| {arms[g['a']]['label']} − {arms[g['b']]['label']} | "
+                             f"{100 * g['diff']:+.1f} ± {100 * g['se']:.1f} | {'yes' if g['holds'] else 'no'} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def print_study(summary: dict) -> None:

@@ -152,6 +152,8 @@ stages:
     assert [len(a["top1"]) for a in shape["arms"].values()] == [2, 2]
     assert shape["arms"]["p8"]["cost_s"] > 0 and shape["arms"]["p16"]["cost_s"] is None
     assert (tmp_path / "w" / "report" / "study.png").stat().st_size > 10_000
+    md = (tmp_path / "w" / "report" / "study.md").read_text()
+    assert "| patch 8 |" in md and "| patch 8 − patch 16 |" in md
     assert "object shape" in res.output and "gaps" in res.output
 
 
