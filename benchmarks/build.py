@@ -54,7 +54,8 @@ def main(argv=None) -> dict:
     from torch.utils.data import DataLoader
 
     from salt_cache.cache import BuildConfig, CacheReader, build_cache, describe_cache
-    from salt_cache.cache.build import _encode, _resolve_device
+    from salt_cache.cache.build import _encode
+    from salt_cache.dist import resolve_device
     from salt_cache.cache.source import ClipDataset, ClipItem
     from salt_cache.shards import index_shard
     from salt_cache.checkpoint import load_encoder, save_encoder
@@ -63,7 +64,7 @@ def main(argv=None) -> dict:
     from salt_cache.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
-    device = _resolve_device(args.device, 0, 1)
+    device = resolve_device(args.device, 0)
     with tempfile.TemporaryDirectory(prefix="salt-bench-") as tmp:
         tmp = Path(tmp)
         if args.data:

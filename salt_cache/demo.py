@@ -29,12 +29,6 @@ from salt_cache.shards.read import INDEX_NAME
 
 CLASSES = ("move-right", "move-left", "grow", "shrink")
 SHAPES = ("disc", "square", "triangle", "cross")
-# task -> (classes, the data's name in reports)
-TASKS = {
-    "time": (CLASSES, "demo task (direction of time)"),
-    "shape": (SHAPES, "demo task (object shape)"),
-}
-TASK_NAME = TASKS["time"][1]
 # Per-frame pixel noise (0-255 scale). Kept below the background texture's own variation inside a
 # patch: with more, VideoMAE's per-patch normalized target is mostly noise and V-Pixel learns nothing.
 NOISE_STD = 3.0
@@ -122,7 +116,11 @@ def render_shape_clip(label: int, rng: np.random.Generator, size: int = 64, fram
     return out
 
 
-RENDERERS = {"time": render_clip, "shape": render_shape_clip}
+# task -> (classes, the data's name in reports, renderer)
+TASKS = {
+    "time": (CLASSES, "demo task (direction of time)", render_clip),
+    "shape": (SHAPES, "demo task (object shape)", render_shape_clip),
+}
 
 
 # x264 settings that make the bytes a function of the frames alone. threads=1: x264's output
@@ -187,8 +185,7 @@ def make_demo_data(config: DemoConfig, progress=None) -> dict:
     clips, size, frames, seed, out = c.clips, c.size, c.frames, c.seed, Path(c.out)
     if c.task not in TASKS:
         raise SaltCacheError(f"--task: expected one of {', '.join(TASKS)}, got {c.task!r}")
-    classes, title = TASKS[c.task]
-    render = RENDERERS[c.task]
+    classes, title, render = TASKS[c.task]
     if clips < 2 * len(classes):
         raise SaltCacheError(f"--clips: expected at least {2 * len(classes)}, got {clips}")
     if size < 16 or size % 16:

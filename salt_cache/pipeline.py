@@ -129,27 +129,13 @@ def expand_foreach(items: list, path: Path, where: str = "stages") -> list:
         names = [str(k) for k in loops]
         for combo in itertools.product(*loops.values()):
             bound = {n: str(v) for n, v in zip(names, combo)}
-            out.extend(expand_foreach(_bind(body, bound), path, f"{here}.stages"))
+            out.extend(expand_foreach(_substitute(body, bound, path, strict=False), path, f"{here}.stages"))
     return out
 
 
-def _bind(obj, values: dict[str, str]):
-    """Substitute only the ${name}s of `values`, leaving every other ${...} for later."""
-    if isinstance(obj, str):
-        whole = re.fullmatch(r"\$\{(\w+)\}", obj)
-        if whole and whole.group(1) in values:
-            import yaml
-
-            return yaml.safe_load(values[whole.group(1)])
-        return re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), obj)
-    if isinstance(obj, dict):
-        return {_bind(k, values) if isinstance(k, str) else k: _bind(v, values) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_bind(v, values) for v in obj]
-    return obj
-
-
-def _substitute(obj, values: dict[str, str], path: Path):
+def _substitute(obj, values: dict[str, str], path: Path, strict: bool = True):
+    """Replace ${name} by its value. strict: an unknown name is an error (vars and --var, the last
+    pass); else it is left for a later pass (a foreach block's own variables, the first)."""
     if isinstance(obj, str):
         whole = re.fullmatch(r"\$\{(\w+)\}", obj)
         if whole and whole.group(1) in values:  # a value standing alone keeps its YAML type (steps: ${steps})
@@ -158,14 +144,16 @@ def _substitute(obj, values: dict[str, str], path: Path):
             return yaml.safe_load(values[whole.group(1)])
 
         def repl(m):
-            if m.group(1) not in values:
+            if m.group(1) in values:
+                return values[m.group(1)]
+            if strict:
                 raise SaltCacheError(f"{path}: ${{{m.group(1)}}} is not set (add it under vars or pass --var {m.group(1)}=...)")
-            return values[m.group(1)]
+            return m.group(0)
         return re.sub(r"\$\{(\w+)\}", repl, obj)
     if isinstance(obj, dict):
-        return {k: _substitute(v, values, path) for k, v in obj.items() if k != "vars"}
+        return {k: _substitute(v, values, path, strict) for k, v in obj.items() if k != "vars"}
     if isinstance(obj, list):
-        return [_substitute(v, values, path) for v in obj]
+        return [_substitute(v, values, path, strict) for v in obj]
     return obj
 
 

@@ -52,6 +52,15 @@ class StudyConfig:
         for pair in self.gaps:
             if len(pair) != 2 or any(a not in self.arms for a in pair):
                 raise SaltCacheError(f"gaps: {pair}: expected two arm keys out of {', '.join(self.arms)}")
+        templates = [("probe", self.probe, ("task", "arm", "seed"))]
+        templates += [(f"runs.{arm}", t, ("task", "seed")) for arm, t in self.runs.items()]
+        templates += [(f"cost.{arm}", t, ("task", "seed")) for arm, ts in self.cost.items() for t in ts]
+        for where, template, names in templates:
+            try:
+                template.format(**{n: "x" for n in names})
+            except (KeyError, IndexError, ValueError) as e:
+                raise SaltCacheError(f"{where}: {template!r}: expected a template using only "
+                                     f"{', '.join('{' + n + '}' for n in names)} ({type(e).__name__}: {e})") from None
         for name, given in (("runs", self.runs), ("cost", self.cost)):
             unknown = sorted(set(given) - set(self.arms))
             if unknown:

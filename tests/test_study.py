@@ -122,6 +122,8 @@ def test_study_numbers_are_mean_std_and_gaps_over_seeds(tmp_path):
     assert mean_std_se([0.3]) == (0.3, 0.0, 0.0)
     with pytest.raises(SaltCacheError, match=r"gaps: \['a', 'z'\]: expected two arm keys"):
         StudyConfig(tasks=["t"], seeds=[0], arms={"a": "A"}, probe="x", gaps=[["a", "z"]])
+    with pytest.raises(SaltCacheError, match=r"probe: '\{task\}/\{arms\}\.json': expected a template using only"):
+        StudyConfig(tasks=["t"], seeds=[0], arms={"a": "A"}, probe="{task}/{arms}.json")
     with pytest.raises(SaltCacheError, match=r"t/a-0\.json: probe report not found"):
         collect(tmp_path / "nowhere", config)
 
